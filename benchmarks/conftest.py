@@ -22,3 +22,13 @@ def device() -> torch.device:
 @pytest.fixture(scope="session")
 def bench_batch() -> int:
     return int(os.environ.get("MTLREPRO_BENCH_BATCH", "32"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread for a whole module (restored afterwards), so CPU timings do not depend on
+    how busy the other cores are; on a GPU it only affects the host side."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

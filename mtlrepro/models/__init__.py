@@ -2,11 +2,11 @@
 
 Two registries, so backbones and sharing schemes combine freely:
 
-* ``BACKBONES`` (``resnet18``; ``vgg16``/``segnet`` can be added by registering a builder
+* ``BACKBONES`` (``resnet18``, ``vgg16``, ``segnet``; another one is a registered builder
   ``f(make_unit, **backbone_kwargs) -> Backbone``): the network topology, whose every conv is
   built by the sharing scheme's conv-unit factory;
 * ``SHARING`` (``hard_sharing``, ``attentive``, ``task_routing``, ``max_roaming``, ``etr``,
-  ``etr_nlp``, ``nlp``): the ``MTLModel`` subclass, i.e. what a conv unit is.
+  ``etr_nlp``, ``nlp``, ``conv_alt``, ``mtan``, ``cross_stitch``, ``single_task``): the ``MTLModel`` subclass, i.e. what a conv unit is.
 
 ``kwargs`` are the scheme's keyword arguments (documented in each class' module) plus the
 backbone's (``width_mult``, ``track_running_stats``, ``downsample_norm`` for ResNet18). Unknown

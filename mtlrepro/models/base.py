@@ -2,7 +2,7 @@
 
 Design (why it looks like this):
 
-* A backbone (``resnet18`` now; ``vgg16``/``segnet`` can be added) is written ONCE, and every
+* A backbone (``resnet18``, ``vgg16``, ``segnet``; others by registering a builder) is written ONCE, and every
   convolution of it is built by a pluggable *conv unit factory* ``make_unit(spec: ConvSpec)``.
   A unit maps ``x`` to the *pre-activation* of that layer (conv -> BN -> whatever the scheme
   adds, e.g. a task mask), so the sharing schemes are conv-unit variants, not copies of ResNet.
@@ -41,7 +41,7 @@ from mtlrepro.registry import Registry
 
 __all__ = [
     "MTLModel", "UnitMTLModel", "ConvSpec", "ConvBN", "PerTask", "TaskContext", "Backbone",
-    "BACKBONES", "SHARING", "count_parameters", "round_half_up", "task_chunks", "TASK_CHUNK_ENV",
+    "BACKBONES", "SHARING", "count_parameters", "round_half_up", "task_chunks", "TASK_CHUNK_ENV", "CPU_AUTO_CHUNK",
     "tasks_to_channels", "channels_to_tasks", "grouped_batch_norm", "per_task_batch_norm",
     "per_task_conv_bn", "per_task_linear", "grouped_batch_norms",
 ]
@@ -161,6 +161,7 @@ class ConvBN(nn.Sequential):
 
 # --- batched task passes ----------------------------------------------------------------------
 TASK_CHUNK_ENV = "MTLREPRO_TASK_CHUNK"  # tasks per batched pass: N, 0 / "all", "auto" (default)
+CPU_AUTO_CHUNK = 4                      # "auto" on CPU: tasks per batched pass (see task_chunks)
 
 
 def task_chunks(tasks: int | Sequence[int], chunk: int | str | None = None,
@@ -169,14 +170,16 @@ def task_chunks(tasks: int | Sequence[int], chunk: int | str | None = None,
 
     ``chunk``: tasks per batched pass - a positive int (1 = the per-task loop), ``0`` / ``"all"``
     (every task in one pass), ``"auto"``, or None to read ``$MTLREPRO_TASK_CHUNK`` (unset =
-    ``"auto"``). ``"auto"``: all tasks on accelerators, 1 (the loop) on CPU. Why: a batched pass
-    does the same FLOPs as the loop, and on CPU the ``T``-times larger working set loses cache
-    locality. ResNet18, CelebA-40, B = 16, one thread (``benchmarks/test_batched_tasks.py``):
-    all 40 tasks in one pass measured 1.1-1.6x SLOWER than the loop; 4 tasks per pass
-    1.1-1.25x faster for the synchronized train step, but up to 1.2x slower for ETR-NLP's
-    evaluation - set ``MTLREPRO_TASK_CHUNK=4`` for CPU synchronized training.
-    Results do not depend on the chunking; smaller chunks also bound a pass's memory
-    (``chunk * B`` rows).
+    ``"auto"``). ``"auto"``: all tasks on accelerators, :data:`CPU_AUTO_CHUNK` (4) on CPU. Why:
+    a batched pass does the same FLOPs as the loop, and a CPU already runs the loop's convolutions
+    at 0.57-0.70 of its GEMM peak (``benchmarks/test_roofline.py``), so batching can only save
+    per-call overhead - while all tasks at once (``T``-times the working set) loses cache
+    locality. Measured (``benchmarks/test_batched_tasks.py``, one thread; loop time / chunked
+    time, > 1 = faster): ResNet18 CelebA-40, B = 16: 4 tasks per pass 0.99 / 1.09 (eval Max
+    Roaming / ETR-NLP), 1.10 / 1.23 (synchronized step); all 40 at once 0.75-0.96. SegNet mr8,
+    32x64, B = 4: 4 per pass 0.92 / 1.02 (eval), 1.17 / 1.09 (step).
+    Results do not depend on the chunking beyond float rounding; smaller chunks also bound a
+    pass's memory (``chunk * B`` rows).
     """
     tasks = list(range(tasks)) if isinstance(tasks, int) else [int(t) for t in tasks]
     if chunk is None:
@@ -185,7 +188,7 @@ def task_chunks(tasks: int | Sequence[int], chunk: int | str | None = None,
         raw = chunk.strip().lower()
         if raw == "auto":
             dev = torch.device(device) if device is not None else torch.device("cpu")
-            chunk = 1 if dev.type == "cpu" else 0
+            chunk = CPU_AUTO_CHUNK if dev.type == "cpu" else 0
         elif raw == "all":
             chunk = 0
         else:

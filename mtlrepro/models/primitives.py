@@ -340,7 +340,17 @@ class NLPBlock(nn.Module):
     ``(B, in_ch, H, W) -> (B, out_ch, H/stride, W/stride)``. Learnable: the 1x1 conv
     (``in_ch * E / groups * out_ch`` weights, E = total primitive outputs per input channel) and
     the BN affine parameters.
+
+    ``compute_layout`` (class attribute; ``"auto"``, ``"nchw"``, ``"channels_last"``): the
+    memory layout the primitives and the 1x1 run in. ``"auto"`` = channels-last on CPU, the
+    input's layout elsewhere. Why: PyTorch's CPU average pooling is 6-15x faster channels-last
+    (vectorised over channels) and the 1x1 up to 2x; ResNet18 ETR-NLP, B = 16, one thread:
+    eval forward 311 -> 211 ms, forward + backward 718 -> 586 ms. Results equal the NCHW
+    computation up to float rounding (``tests/models/test_primitives.py``); the output is
+    returned in the input's layout.
     """
+
+    compute_layout: str = "auto"
 
     def __init__(self, in_ch: int, out_ch: int, prims: Sequence[Any], groups: int = 1, stride: int = 1,
                  seed: int = 0, norm: bool = True, bias: bool = False, track_running_stats: bool = True,
@@ -362,20 +372,44 @@ class NLPBlock(nn.Module):
         self.conv1x1 = nn.Conv2d(self.in_ch * self.E, self.out_ch, 1, groups=self.groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_ch, track_running_stats=track_running_stats) if norm else None
 
+    def compute_channels_last(self, x: Tensor) -> bool:
+        """Whether this call computes the primitives and the 1x1 in channels-last layout."""
+        layout = self.compute_layout
+        if layout == "auto":
+            return x.device.type == "cpu"
+        if layout not in ("nchw", "channels_last"):
+            raise ValueError(f"NLPBlock.compute_layout must be 'auto', 'nchw' or 'channels_last', got {layout!r}")
+        return layout == "channels_last"
+
     def features(self, x: Tensor) -> Tensor:
-        """The shuffled primitive features ``(B, in_ch * E, H', W')``."""
+        """The shuffled primitive features ``(B, in_ch * E, H', W')`` (channel ``c * E + j`` =
+        output ``j`` of input channel ``c``), channels-last when :meth:`compute_channels_last`."""
+        B = x.shape[0]
+        if self.compute_channels_last(x):
+            # one layout change of the input; each primitive's (B, C*e, H, W) output read as
+            # (B, H, W, C, e) and ONE concat along e gives the shuffled features already in
+            # channels-last memory order (no second copy for the shuffle)
+            xl = x.contiguous(memory_format=torch.channels_last)
+            outs = [p(xl) for p in self.prims]
+            H, W = outs[0].shape[-2:]
+            parts = [o.permute(0, 2, 3, 1).reshape(B, H, W, self.in_ch, e)
+                     for o, e in zip(outs, self.expansions)]
+            y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=4)
+            return y.reshape(B, H, W, self.in_ch * self.E).permute(0, 3, 1, 2)
         outs = [p(x) for p in self.prims]
         if len(outs) == 1:
             return outs[0]
-        B = x.shape[0]
         parts = [o.reshape(B, self.in_ch, e, *o.shape[-2:]) for o, e in zip(outs, self.expansions)]
         y = torch.cat(parts, dim=2)  # (B, C, E, H, W): channel c's features from every primitive
         return y.reshape(B, self.in_ch * self.E, *y.shape[-2:])
 
     def forward(self, x: Tensor) -> Tensor:
+        channels_last_in = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         y = self.conv1x1(self.features(x))
         if self.stride > 1 and self.stride_mode == "after":
             y = y[..., ::self.stride, ::self.stride]
+        # back to the caller's layout (the block's output is 1/E the size of its features)
+        y = y.contiguous(memory_format=torch.channels_last if channels_last_in else torch.contiguous_format)
         return self.bn(y) if self.bn is not None else y
 
     def extra_repr(self) -> str:

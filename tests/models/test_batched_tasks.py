@@ -256,7 +256,7 @@ def test_chunked_forward_all_equals_unchunked(monkeypatch):
 def test_task_chunks_option(monkeypatch):
     monkeypatch.delenv("MTLREPRO_TASK_CHUNK", raising=False)
     assert task_chunks(5, device="cuda") == [[0, 1, 2, 3, 4]]           # auto: all on accelerators
-    assert task_chunks(3, device="cpu") == [[0], [1], [2]]               # auto: the loop on CPU
+    assert task_chunks(6, device="cpu") == [[0, 1, 2, 3], [4, 5]]        # auto: 4 per pass on CPU
     assert task_chunks(5, 0) == task_chunks(5, "all") == [[0, 1, 2, 3, 4]]
     assert task_chunks(5, 2) == [[0, 1], [2, 3], [4]]
     assert task_chunks([4, 2, 0], 2) == [[4, 2], [0]]
@@ -367,7 +367,9 @@ def test_vgg16_with_batch_norm(name):
 @pytest.mark.parametrize("name", ["max_roaming", "etr_nlp"])
 def test_segnet_dense_heads(name, dtype):
     """Max-unpooling with indices, feature maps into per-task conv heads (run task by task).
-    Dense outputs reach |y| ~ 10, so float32 tolerances scale with the output (1e-5 of it).
+    Dense outputs reach |y| ~ 10, so float32 tolerances scale with the output (3e-5 of it: the
+    NLP blocks' channels-last CPU kernels pick different blockings for B and 3B rows, measured
+    1.5e-5 of the output in the worst of 8192 elements).
     Gradients are compared in float64 only: for ETR-NLP on this small SegNet some float32
     gradients are ill-conditioned - the LOOP's own float32 gradients are 7e-3 (oneDNN convs) to
     1.4e-1 (native convs) from float64 in the worst element - so batched-vs-loop in float32 says
@@ -382,7 +384,7 @@ def test_segnet_dense_heads(name, dtype):
     scale = max(o.abs().max().item() for o in la)
     for oa, ob in zip(la, lb):
         assert ob.shape == oa.shape == (8, oa.shape[1], 32, 32)
-        torch.testing.assert_close(ob, oa, rtol=tol, atol=0.1 * tol * scale)
+        torch.testing.assert_close(ob, oa, rtol=tol, atol=0.3 * tol * scale)
     sum((o * o).mean() for o in la).backward()
     sum((o * o).mean() for o in lb).backward()
     if dtype == torch.float64:

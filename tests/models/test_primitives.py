@@ -159,6 +159,36 @@ def test_stride_modes_agree_for_deterministic_primitives():
     assert torch.allclose(a(x), b(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("groups,stride,stride_mode", [(1, 1, "after"), (2, 2, "after"), (3, 2, "prims")])
+@pytest.mark.parametrize("input_layout", ["nchw", "channels_last"])
+def test_channels_last_compute_equals_nchw(groups, stride, stride_mode, input_layout, monkeypatch):
+    """The channels-last CPU path computes the same features, outputs and gradients as NCHW,
+    and returns the caller's layout."""
+    prims = ["avg:k=5", "avg:k=9", "max:k=3", "conv:k=3,e=2,sparsity=0.5", "shift", "noise:e=2"]
+    torch.manual_seed(0)
+    blk = NLPBlock(9, 6, prims, groups=groups, stride=stride, seed=3, stride_mode=stride_mode).double()
+    x0 = torch.randn(2, 9, 11, 11, dtype=torch.float64)
+    if input_layout == "channels_last":
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    results = {}
+    for layout in ("nchw", "channels_last"):
+        monkeypatch.setattr(NLPBlock, "compute_layout", layout)
+        x = x0.clone().requires_grad_()
+        blk.zero_grad()
+        y = blk(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results[layout] = (blk.features(x0), y, x.grad, blk.conv1x1.weight.grad.clone())
+        want_cl = input_layout == "channels_last"
+        assert y.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
+    for a, b in zip(results["nchw"], results["channels_last"]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(NLPBlock, "compute_layout", "auto")
+    assert blk.compute_channels_last(x0)  # CPU default
+    monkeypatch.setattr(NLPBlock, "compute_layout", "nhwc")
+    with pytest.raises(ValueError, match="compute_layout"):
+        blk(x0)
+
+
 def test_groups_and_parameter_count():
     blk = NLPBlock(64, 58, ["avg:k=9", "conv:k=3", "noise"], groups=2)
     assert blk.groups == 2
