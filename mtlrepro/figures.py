@@ -28,6 +28,12 @@ def figure_set(figure_id: str) -> RecipeSet:
     return rs
 
 
+def panel_metrics(panel: dict) -> list[str]:
+    """A panel's metrics: ``metrics`` on the left axis, then ``secondary_metrics`` (another scale,
+    e.g. depth errors next to mIoU) on a right-hand axis."""
+    return list(panel["metrics"]) + list(panel.get("secondary_metrics", []))
+
+
 def collect(rs: RecipeSet, profile: str, results_root=None) -> list[dict]:
     """One point per (panel, x): mean and std over the stored seeds, per metric."""
     points = []
@@ -39,7 +45,7 @@ def collect(rs: RecipeSet, profile: str, results_root=None) -> list[dict]:
             runs = [find_run(profile, eff.id, eff.fingerprint, s, results_root) for s in eff.seeds]
             runs = [r for r in runs if r is not None and r.status == "finished"]
             x = _get(recipe.to_dict(), rs.figure["x"])
-            for m in panel["metrics"]:
+            for m in panel_metrics(panel):
                 vals = [r.final["metrics"][m] for r in runs if m in r.final["metrics"]]
                 points.append({"panel": panel["name"], "x": x, "metric": m, "n": len(vals),
                                "mean": statistics.fmean(vals) if vals else None,
@@ -63,16 +69,23 @@ def write_figure(figure_id: str, profile: str, results_root=None) -> tuple[Path,
     panels = rs.figure["panels"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        for m in panel["metrics"]:
+        ax2 = ax.twinx() if panel.get("secondary_metrics") else None
+        handles = []
+        for i, m in enumerate(panel_metrics(panel)):
             ps = sorted((p for p in pts if p["panel"] == panel["name"] and p["metric"] == m and p["mean"] is not None),
                         key=lambda p: p["x"])
+            on = ax2 if m in panel.get("secondary_metrics", []) else ax
             if ps:
-                ax.errorbar([p["x"] for p in ps], [p["mean"] for p in ps], yerr=[p["std"] or 0 for p in ps],
-                            marker="o", capsize=3, label=m)
+                handles.append(on.errorbar([p["x"] for p in ps], [p["mean"] for p in ps],
+                                           yerr=[p["std"] or 0 for p in ps], marker="o", capsize=3,
+                                           linestyle="--" if on is ax2 else "-", color=f"C{i}", label=m))
         ax.set_xlabel(rs.figure.get("x_label", rs.figure["x"]))
         ax.set_title(panel["name"])
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax2 is not None:
+            ax2.set_ylabel(", ".join(panel["secondary_metrics"]) + " (dashed)")
+        if handles:
+            ax.legend(handles=handles, fontsize=7)
     synthetic = PROFILES[profile].synthetic
     fig.suptitle(rs.figure["title"] + ("\nSYNTHETIC DATA — not comparable with the paper" if synthetic else ""),
                  fontsize=9)
