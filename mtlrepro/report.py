@@ -31,6 +31,21 @@ def _fmt(x: float | None, std: float | None = None, digits: int = 4) -> str:
     return s
 
 
+def _speed_options(records) -> str:
+    """Which stored runs used the non-default speed options (bf16 autocast, channels-last):
+    they change float rounding, so a report says so whenever one was on."""
+    used = {}
+    for r in records:
+        opts = [name for key, name in (("amp", "bf16 autocast"), ("channels_last", "channels-last"))
+                if (r.recipe or {}).get(key)]
+        if opts:
+            used.setdefault(", ".join(opts), set()).add(r.recipe_id)
+    if not used:
+        return "float32, default memory layout in every run (amp and channels_last off)"
+    return "; ".join(f"**{opts}** in {', '.join(f'`{i}`' for i in sorted(ids))}"
+                     for opts, ids in sorted(used.items()))
+
+
 def render(table: Table, profile: str, diffs: list[CellDiff], profiles=None, results_root=None) -> str:
     prof = PROFILES[profile]
     runs = collect_runs(table, profile, results_root=results_root)
@@ -52,6 +67,7 @@ def render(table: Table, profile: str, diffs: list[CellDiff], profiles=None, res
         f"- **Seeds in store:** {', '.join(map(str, seeds)) or 'none'} (paper: {table.seeds or 'not stated'})",
         f"- **Hardware:** {', '.join(gpus) or '—'}; torch {', '.join(torches) or '—'}",
         f"- **Code:** runs from git {', '.join(shas) or '—'}; report from git {git_sha()}",
+        f"- **Precision / layout:** {_speed_options(records)}",
         "",
         "Each cell: published → measured (mean ± std over n seeds) and the verdict. "
         "Verdicts: match (within the declared tolerance), ≈ noise (within 2σ of the two seed "
