@@ -34,11 +34,12 @@ def main() -> None:
 
     from mtlrepro.data.generate import generate_celeba
     from mtlrepro.problems import build_problem
-    from mtlrepro.problems.paths import tiny_root
+    from mtlrepro.problems.paths import ensure_tiny
     from mtlrepro.recipe import recipes_for_table
     from mtlrepro.train import train_run
 
-    generate_celeba(tiny_root("celeba"), n_train=args.n_train, n_val=512, n_test=64, seed=0)
+    # a bigger generated CelebA in this run's own cache, marked complete so build_problem keeps it
+    ensure_tiny("celeba", generate_celeba, layout="torchvision", n_train=args.n_train, n_val=512, n_test=64, seed=0)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     only = {s for s in args.only.split(",") if s}

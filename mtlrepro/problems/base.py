@@ -47,7 +47,8 @@ class Problem:
                       max_steps: int | None = None) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Shuffled batches; the order depends only on (seed, epoch), so a resumed run sees the
         same batches as an uninterrupted one. The last partial batch is dropped (as the
-        reference loaders' drop_last would; it keeps batch statistics comparable)."""
+        reference loaders' drop_last would; it keeps batch statistics comparable) - except
+        when the whole split is smaller than one batch (tiny sets): then it is one short batch."""
         n = len(self.train)
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g).to(self.train.inputs.device)

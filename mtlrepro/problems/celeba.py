@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..data.celeba import celeba_tasks, load_celeba
 from ..metrics.classification import MultiLabelPRF
 from .base import Problem, Split
-from .paths import data_root_or_explain, tiny_root
+from .paths import data_root_or_explain, ensure_tiny
 
 TINY_SIZES = {"n_train": 32, "n_val": 16, "n_test": 16}
 
@@ -37,9 +37,7 @@ def build_celeba_problem(recipe, profile: str, data_root: str | None, device: to
     tasks = celeba_tasks(recipe.task_set)
     if profile == "tiny":
         from ..data.generate import generate_celeba
-        root = tiny_root("celeba")
-        if not (root / "celeba" / "list_attr_celeba.txt").exists():
-            generate_celeba(root, layout="torchvision", seed=0, **TINY_SIZES)
+        root = ensure_tiny("celeba", generate_celeba, layout="torchvision", seed=0, **TINY_SIZES)
         expect, synthetic = "any", True
     else:
         root = data_root_or_explain("celeba", data_root)

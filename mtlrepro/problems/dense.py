@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -72,7 +71,7 @@ import torch.nn.functional as F
 from ..data.mtan_npy import DenseTensors, MtanSpec
 from ..metrics import BinaryIoUPerImage, ConfusionMatrixIoU, DepthErrors, NormalAngles
 from .base import Problem, Split
-from .paths import data_root_or_explain, tiny_root
+from .paths import data_root_or_explain, ensure_tiny
 
 TINY_SIZES = {"n_train": 16, "n_val": 8}
 
@@ -346,28 +345,6 @@ def _resize(d: DenseTensors, hw: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     return images, labels, depth, normals
 
 
-def _ensure_tiny(dataset: str, generate: Callable[..., Path]) -> Path:
-    """Generate the tiny dataset once (into a temp folder, then renamed into place)."""
-    root = tiny_root(dataset)
-    marker = root / ".generated"
-    if marker.is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{dataset}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    generate(tmp, seed=0, **TINY_SIZES)
-    (tmp / ".generated").write_text(f"{generate.__name__}(seed=0, {TINY_SIZES})\n")
-    if root.exists() and not marker.is_file():
-        shutil.rmtree(root, ignore_errors=True)  # a stale, incomplete earlier attempt
-    try:
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not marker.is_file():  # not another process finishing first: a real failure
-            raise
-    return root
-
-
 def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | None,
                          device: torch.device) -> DenseProblem:
     from ..data import generate as _gen
@@ -380,7 +357,7 @@ def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | No
                          "train and val only, and val is the test split of the papers: use 'val'")
     hw = dense_input_hw(spec, recipe.image_size)
     if profile == "tiny":
-        root = _ensure_tiny(dataset, getattr(_gen, f"generate_{dataset}"))
+        root = ensure_tiny(dataset, getattr(_gen, f"generate_{dataset}"), seed=0, **TINY_SIZES)
         expect, synthetic = "any", True
     else:
         if hw != spec.hw:

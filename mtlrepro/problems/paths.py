@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 from ..data.errors import DataError
 
@@ -54,3 +56,27 @@ def cache_root() -> Path:
 def tiny_root(dataset: str) -> Path:
     """Generated tiny datasets live in the cache, never beside real data."""
     return cache_root() / "tiny" / dataset
+
+
+def ensure_tiny(dataset: str, generate: Callable[..., Any], **kwargs: Any) -> Path:
+    """The generated tiny dataset's root, generating it once: into a temp folder, marked complete,
+    then renamed into place - so a crashed or concurrent generation never leaves a half-written
+    set that a later run would take as complete."""
+    root = tiny_root(dataset)
+    marker = root / ".generated"
+    if marker.is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{dataset}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    generate(tmp, **kwargs)
+    (tmp / ".generated").write_text(f"{generate.__name__}({kwargs})\n")
+    if root.exists() and not marker.is_file():
+        shutil.rmtree(root, ignore_errors=True)  # a stale, incomplete earlier attempt
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not marker.is_file():  # not another process finishing first: a real failure
+            raise
+    return root
