@@ -41,7 +41,7 @@ from mtlrepro.registry import Registry
 
 __all__ = [
     "MTLModel", "UnitMTLModel", "ConvSpec", "ConvBN", "PerTask", "TaskContext", "Backbone",
-    "BACKBONES", "SHARING", "count_parameters", "round_half_up", "task_chunks", "TASK_CHUNK_ENV", "CPU_AUTO_CHUNK",
+    "BACKBONES", "SHARING", "count_parameters", "round_half_up", "task_chunks", "chunk_setting", "TASK_CHUNK_ENV", "CPU_AUTO_CHUNK",
     "tasks_to_channels", "channels_to_tasks", "grouped_batch_norm", "per_task_batch_norm",
     "per_task_conv_bn", "per_task_linear", "grouped_batch_norms",
 ]
@@ -164,13 +164,30 @@ TASK_CHUNK_ENV = "MTLREPRO_TASK_CHUNK"  # tasks per batched pass: N, 0 / "all", 
 CPU_AUTO_CHUNK = 4                      # "auto" on CPU: tasks per batched pass (see task_chunks)
 
 
+def chunk_setting(chunk: int | str | None = None) -> int | str:
+    """The tasks-per-pass setting as a number >= 0 or ``"auto"`` (None: ``$MTLREPRO_TASK_CHUNK``)."""
+    if chunk is None:
+        chunk = os.environ.get(TASK_CHUNK_ENV, "").strip() or "auto"
+    if isinstance(chunk, str):
+        raw = chunk.strip().lower()
+        if raw in ("auto", "all"):
+            return "auto" if raw == "auto" else 0
+        try:
+            return max(0, int(raw))
+        except ValueError:
+            raise ValueError(f"task chunk ({TASK_CHUNK_ENV}) must be a number of tasks per "
+                             f"batched pass, 0 / 'all' or 'auto'; got {chunk!r}") from None
+    return max(0, int(chunk))
+
+
 def task_chunks(tasks: int | Sequence[int], chunk: int | str | None = None,
-                device: torch.device | str | None = None) -> list[list[int]]:
+                device: torch.device | str | None = None, auto_chunk: int | None = None) -> list[list[int]]:
     """Split ``tasks`` (a count or a list) into consecutive chunks, one batched pass each.
 
     ``chunk``: tasks per batched pass - a positive int (1 = the per-task loop), ``0`` / ``"all"``
     (every task in one pass), ``"auto"``, or None to read ``$MTLREPRO_TASK_CHUNK`` (unset =
-    ``"auto"``). ``"auto"``: all tasks on accelerators, :data:`CPU_AUTO_CHUNK` (4) on CPU. Why:
+    ``"auto"``). ``"auto"``: :data:`CPU_AUTO_CHUNK` (4) on CPU; on accelerators ``auto_chunk``
+    (what fits in memory, :func:`~mtlrepro.models.task_memory.memory_task_chunk`), else all. Why:
     a batched pass does the same FLOPs as the loop, and a CPU already runs the loop's convolutions
     at 0.57-0.70 of its GEMM peak (``benchmarks/test_roofline.py``), so batching can only save
     per-call overhead - while all tasks at once (``T``-times the working set) loses cache
@@ -182,22 +199,11 @@ def task_chunks(tasks: int | Sequence[int], chunk: int | str | None = None,
     pass's memory (``chunk * B`` rows).
     """
     tasks = list(range(tasks)) if isinstance(tasks, int) else [int(t) for t in tasks]
-    if chunk is None:
-        chunk = os.environ.get(TASK_CHUNK_ENV, "").strip() or "auto"
-    if isinstance(chunk, str):
-        raw = chunk.strip().lower()
-        if raw == "auto":
-            dev = torch.device(device) if device is not None else torch.device("cpu")
-            chunk = CPU_AUTO_CHUNK if dev.type == "cpu" else 0
-        elif raw == "all":
-            chunk = 0
-        else:
-            try:
-                chunk = int(raw)
-            except ValueError:
-                raise ValueError(f"task chunk ({TASK_CHUNK_ENV}) must be a number of tasks per "
-                                 f"batched pass, 0 / 'all' or 'auto'; got {chunk!r}") from None
-    chunk = int(chunk)
+    setting = chunk_setting(chunk)
+    if setting == "auto":
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        setting = CPU_AUTO_CHUNK if dev.type == "cpu" else (auto_chunk or 0)
+    chunk = int(setting)
     if chunk <= 0 or chunk >= len(tasks):
         return [tasks] if tasks else []
     return [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)]
@@ -466,8 +472,10 @@ class MTLModel(nn.Module):
         ``$MTLREPRO_TASK_CHUNK``, default ``"auto"``) when :attr:`supports_batched_tasks`, else
         one pass per task."""
         if self.task_conditional:
+            from .task_memory import auto_chunk_for
             outs: list[Tensor] = []
-            for chunk in task_chunks(self.n_tasks, task_chunk, x.device):
+            auto = auto_chunk_for(self, x, task_chunk)
+            for chunk in task_chunks(self.n_tasks, task_chunk, x.device, auto_chunk=auto):
                 outs.extend(self.forward_tasks(x, chunk))
             return outs
         return self(x)

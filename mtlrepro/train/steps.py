@@ -10,8 +10,9 @@
   forward over the batch repeated per task, the task losses summed, one backward) - the same
   losses, gradients and BN running statistics as the loop up to float rounding. Tasks per
   batched pass: ``task_chunk`` / ``$MTLREPRO_TASK_CHUNK`` (see ``models.base.task_chunks``;
-  default all tasks on accelerators and 4 per pass on CPU, where all tasks at once measured
-  slower than the loop and 4 per pass 1.1-1.2x faster).
+  default on accelerators as many tasks as fit in half the free memory (``models.task_memory``),
+  on CPU 4 per pass, where all tasks at once measured slower than the loop and 4 per pass
+  1.1-1.2x faster).
 
 Steps return the summed task losses as a detached tensor: no host sync on the hot path.
 """
@@ -22,6 +23,7 @@ from typing import Callable
 import torch
 
 from ..models.base import task_chunks
+from ..models.task_memory import auto_chunk_for
 from ..registry import Registry
 
 StepFn = Callable[..., torch.Tensor]
@@ -60,7 +62,7 @@ def synchronized_step(model, weighting, optimizer, problem, x, targets,
                       task_chunk: int | str | None = None) -> torch.Tensor:
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=x.device)
-    chunks = task_chunks(problem.n_tasks, task_chunk, x.device)
+    chunks = task_chunks(problem.n_tasks, task_chunk, x.device, auto_chunk=auto_chunk_for(model, x, task_chunk))
     if getattr(model, "supports_batched_tasks", False) and any(len(c) > 1 for c in chunks):
         for chunk in chunks:  # one forward + one backward per chunk of tasks
             outs = model.forward_tasks(x, chunk)
