@@ -5,6 +5,7 @@ and a sweep can be interrupted and restarted at any point.
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ class LocalMultiLauncher:
             devices = [f"cuda:{i}" for i in range(n_gpu)] if n_gpu else ["cpu"]
         self.devices = devices
         self.workers = workers or (len(devices) if devices != ["cpu"] else 2)
+        if threads_per_worker is None and devices == ["cpu"]:
+            # CPU workers share the cores: one OpenMP pool each of the full size oversubscribes them
+            threads_per_worker = max(1, (os.cpu_count() or 1) // self.workers)
         self.threads = threads_per_worker
 
     def run(self, jobs: list[Job], data_root: str | None, results_root: Path | None = None) -> None:
@@ -150,9 +154,13 @@ class LocalMultiLauncher:
                     json.dump(spec, f)
                 cmd = [sys.executable, "-m", "mtlrepro.worker", path]
                 print(f"  start {job.name} on {device}", file=sys.stderr)
-                rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True).returncode
+                proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True)
+                rc = proc.returncode
                 print(f"  done  {job.name} (exit {rc})", file=sys.stderr)
+                if rc != 0:  # a failed run has its record; a crashed worker only has this
+                    tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+                    print(f"  {job.name} worker stderr (last lines):\n{tail}", file=sys.stderr)
                 Path(path).unlink(missing_ok=True)
                 return rc
             finally:

@@ -195,6 +195,17 @@ def test_local_multi_launcher_gives_the_same_records(tmp_path, tiny_env):
         assert m_b == pytest.approx(m_a, abs=1e-6)
 
 
+def test_local_multi_launcher_shares_cpu_cores_and_reports_crashed_workers(tmp_path, capsys):
+    from mtlrepro.launch import Job, LocalMultiLauncher
+    assert LocalMultiLauncher(workers=2, devices=["cpu"]).threads == max(1, (os.cpu_count() or 1) // 2)
+    assert LocalMultiLauncher(workers=2, devices=["cpu"], threads_per_worker=3).threads == 3
+    # a full-profile job without data: the worker exits non-zero, and its error reaches the user
+    job = Job(get_recipe("etr_nlp/table4/hard_sharing_g8"), 0, "full")
+    LocalMultiLauncher(workers=1, devices=["cpu"]).run([job], str(tmp_path / "no_data"), tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "(exit 0)" not in err and "worker stderr" in err and "celeba" in err.lower()
+
+
 def test_submitit_launcher_debug_cluster(tmp_path, tiny_env):
     pytest.importorskip("submitit")
     from mtlrepro.launch import Job, SubmititLauncher
