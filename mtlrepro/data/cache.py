@@ -52,6 +52,23 @@ class CacheResult:
     reason: str | None  # why it was (re)built; None when the cache was reused
 
 
+def root_tag(root: str | Path) -> str:
+    """A short, stable name for a dataset root (its resolved path's hash): caches of different
+    roots never collide."""
+    return hashlib.sha1(str(Path(root).expanduser().resolve()).encode()).hexdigest()[:10]
+
+
+def default_cache_dir(root: str | Path, dataset: str) -> Path:
+    """``<root>/.mtlrepro_cache`` if it can be written, else ``~/.cache/mtlrepro/<dataset>-<hash>``."""
+    root = Path(root).expanduser()
+    local = root / ".mtlrepro_cache"
+    rwx = os.W_OK | os.X_OK
+    if (local.is_dir() and os.access(local, rwx)) or (not local.exists() and os.access(root, rwx)):
+        return local
+    base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return base / "mtlrepro" / f"{dataset}-{root_tag(root)}"
+
+
 def cache_paths(cache_dir: str | Path, name: str) -> tuple[Path, Path]:
     """``(<cache_dir>/<name>.pt, <cache_dir>/<name>.json)``."""
     cache_dir = Path(cache_dir)

@@ -13,7 +13,6 @@ Reading follows the public code the papers build on (Maximum Roaming's
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,16 +393,6 @@ class CelebATensors:
         return [self.labels[:, list(t.attr_indices)].float() for t in tasks]
 
 
-def default_cache_dir(root: str | Path) -> Path:
-    """``<root>/.mtlrepro_cache`` if it can be written, else ``~/.cache/mtlrepro/celeba-<hash>``."""
-    root = Path(root).expanduser()
-    local = root / ".mtlrepro_cache"
-    rwx = os.W_OK | os.X_OK
-    if (local.is_dir() and os.access(local, rwx)) or (not local.exists() and os.access(root, rwx)):
-        return local
-    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
-    return base / "mtlrepro" / f"celeba-{tag}"
 
 
 def _fingerprint(files: CelebAFiles) -> dict:
@@ -460,7 +449,7 @@ def load_celeba(root: str | Path, split: str, size: int = 64, resize_mode: str =
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     files = find_celeba(root)
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(root)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _cache.default_cache_dir(root, "celeba")
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
     params = {"dataset": "celeba", "size": size, "resize_mode": resize_mode,
               "resize": "PIL bilinear (torchvision resize on PIL image)", "draft": False,

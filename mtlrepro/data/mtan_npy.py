@@ -405,16 +405,6 @@ class DenseTensors:
         return len(self.class_names)
 
 
-def default_cache_dir(root: str | Path, dataset: str) -> Path:
-    """``<root>/.mtlrepro_cache`` if it can be written, else ``~/.cache/mtlrepro/<dataset>-<hash>``."""
-    root = Path(root).expanduser()
-    local = root / ".mtlrepro_cache"
-    rwx = os.W_OK | os.X_OK
-    if (local.is_dir() and os.access(local, rwx)) or (not local.exists() and os.access(root, rwx)):
-        return local
-    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
-    return base / "mtlrepro" / f"{dataset}-{tag}"
 
 
 def load_mtan(spec: MtanSpec, root: str | Path, split: str, cache_dir: str | Path | None = None,
@@ -432,7 +422,7 @@ def load_mtan(spec: MtanSpec, root: str | Path, split: str, cache_dir: str | Pat
         raise ValueError(f"expect must be one of {', '.join(EXPECT_MODES)}, got {expect!r}")
     files = find_mtan(spec, root)
     listing = list_split(spec, files, split, expect)
-    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(root, spec.name)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _cache.default_cache_dir(root, spec.name)
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
     try:
         where = str(files.base.relative_to(files.root))

@@ -7,9 +7,6 @@ split, averaged over attributes (×100).
 """
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +14,7 @@ import torch.nn.functional as F
 from ..data.celeba import celeba_tasks, load_celeba
 from ..metrics.classification import MultiLabelPRF
 from .base import Problem, Split
-from .paths import data_root_or_explain, ensure_tiny
+from .paths import cache_dir_override, data_root_or_explain, ensure_tiny
 
 TINY_SIZES = {"n_train": 32, "n_val": 16, "n_test": 16}
 
@@ -42,10 +39,7 @@ def build_celeba_problem(recipe, profile: str, data_root: str | None, device: to
     else:
         root = data_root_or_explain("celeba", data_root)
         expect, synthetic = "full", False
-    cache_dir = None  # the loader's default: <root>/.mtlrepro_cache, else ~/.cache/mtlrepro/celeba-<hash>
-    if os.environ.get("MTLREPRO_CACHE"):
-        tag = hashlib.sha1(str(Path(root).expanduser().resolve()).encode()).hexdigest()[:10]
-        cache_dir = Path(os.environ["MTLREPRO_CACHE"]).expanduser() / f"celeba-{tag}"
+    cache_dir = cache_dir_override(root, "celeba")
     show = profile != "tiny"
     train = load_celeba(root, "train", size=recipe.image_size, resize_mode=recipe.resize_mode,
                         cache_dir=cache_dir, expect=expect, progress=show)

@@ -58,10 +58,7 @@ instead; its tables are compared under this same grouping.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -71,7 +68,7 @@ import torch.nn.functional as F
 from ..data.mtan_npy import DenseTensors, MtanSpec
 from ..metrics import BinaryIoUPerImage, ConfusionMatrixIoU, DepthErrors, NormalAngles
 from .base import Problem, Split
-from .paths import data_root_or_explain, ensure_tiny
+from .paths import cache_dir_override, data_root_or_explain, ensure_tiny
 
 TINY_SIZES = {"n_train": 16, "n_val": 8}
 
@@ -366,10 +363,7 @@ def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | No
                              f"image_size: {spec.hw[0]}")
         root = data_root_or_explain(dataset, data_root)
         expect, synthetic = "full", False
-    cache_dir = None  # the loader's default: <root>/.mtlrepro_cache, else ~/.cache/mtlrepro/<dataset>-<hash>
-    if os.environ.get("MTLREPRO_CACHE"):
-        tag = hashlib.sha1(str(Path(root).expanduser().resolve()).encode()).hexdigest()[:10]
-        cache_dir = Path(os.environ["MTLREPRO_CACHE"]).expanduser() / f"{dataset}-{tag}"
+    cache_dir = cache_dir_override(root, dataset)
     show = profile != "tiny"
     train = load_mtan(spec, root, "train", cache_dir, expect, progress=show)
     ev = load_mtan(spec, root, "val", cache_dir, expect, progress=show)

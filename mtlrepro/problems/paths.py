@@ -80,3 +80,12 @@ def ensure_tiny(dataset: str, generate: Callable[..., Any], **kwargs: Any) -> Pa
         if not marker.is_file():  # not another process finishing first: a real failure
             raise
     return root
+
+
+def cache_dir_override(root: str | Path, dataset: str) -> Path | None:
+    """``$MTLREPRO_CACHE/<dataset>-<hash of root>`` when that variable is set, else None (the
+    loader's default, :func:`mtlrepro.data.cache.default_cache_dir`)."""
+    if not os.environ.get("MTLREPRO_CACHE"):
+        return None
+    from ..data.cache import root_tag
+    return Path(os.environ["MTLREPRO_CACHE"]).expanduser() / f"{dataset}-{root_tag(root)}"
