@@ -64,7 +64,30 @@ def _check_2d(pred: torch.Tensor, target: torch.Tensor, n: int, what: str) -> No
         raise ValueError(f"target shape {tuple(target.shape)} != pred shape {tuple(pred.shape)}")
 
 
-class MultiLabelPRF:
+class _ThresholdedLabels:
+    """What the per-label binary metrics share: the constructor, and turning one batch into
+    boolean predictions / targets (shape check, binarisation, sample count). Subclasses define
+    ``reset``, which the constructor calls."""
+
+    n_samples: int
+
+    def __init__(self, n_labels: int, threshold: float = 0.5, from_logits: bool = True) -> None:
+        if n_labels < 1:
+            raise ValueError("n_labels must be >= 1")
+        self.n_labels = int(n_labels)
+        self.threshold = float(threshold)
+        self.from_logits = bool(from_logits)
+        self.reset()
+
+    def _binary_batch(self, pred: torch.Tensor, target: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_2d(pred, target, self.n_labels, what)
+        p = _binarize(pred.detach(), self.threshold, self.from_logits)
+        t = _positive_target(target.detach()).to(p.device)
+        self.n_samples += pred.shape[0]
+        return p, t
+
+
+class MultiLabelPRF(_ThresholdedLabels):
     r"""Macro precision / recall / F-score over attributes, counted over the whole split.
 
     Follows the CelebA evaluation of Maximum Roaming (Pascal et al., 2021,
@@ -100,14 +123,6 @@ class MultiLabelPRF:
         {'precision': 25.0, 'recall': 50.0, 'fscore': 33.33}
     """
 
-    def __init__(self, n_labels: int, threshold: float = 0.5, from_logits: bool = True) -> None:
-        if n_labels < 1:
-            raise ValueError("n_labels must be >= 1")
-        self.n_labels = int(n_labels)
-        self.threshold = float(threshold)
-        self.from_logits = bool(from_logits)
-        self.reset()
-
     def reset(self) -> None:
         self._tp: torch.Tensor | None = None
         self._fp: torch.Tensor | None = None
@@ -116,16 +131,13 @@ class MultiLabelPRF:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        _check_2d(pred, target, self.n_labels, "one column per attribute")
-        p = _binarize(pred.detach(), self.threshold, self.from_logits)
-        t = _positive_target(target.detach()).to(p.device)
+        p, t = self._binary_batch(pred, target, "one column per attribute")
         if self._tp is None:
             z = torch.zeros(self.n_labels, dtype=torch.int64, device=p.device)
             self._tp, self._fp, self._fn = z, z.clone(), z.clone()
         self._tp += (p & t).sum(0)
         self._fp += (p & ~t).sum(0)
         self._fn += (~p & t).sum(0)
-        self.n_samples += pred.shape[0]
 
     def compute_per_label(self) -> dict[str, np.ndarray]:
         """Per-attribute arrays (length ``n_labels``): ``precision``, ``recall``,
@@ -153,7 +165,7 @@ class MultiLabelPRF:
         return {k: float(np.mean(per[k])) for k in ("precision", "recall", "fscore")}
 
 
-class BinaryAccuracy:
+class BinaryAccuracy(_ThresholdedLabels):
     r"""Per-label binary accuracy, pooled over the whole split.
 
     .. math:: \mathrm{acc}_a = \frac{\#\{i : \hat y_{ia} = y_{ia}\}}{N}
@@ -173,27 +185,16 @@ class BinaryAccuracy:
         ({'accuracy': 50.0}, [50.0, 50.0])
     """
 
-    def __init__(self, n_labels: int, threshold: float = 0.5, from_logits: bool = True) -> None:
-        if n_labels < 1:
-            raise ValueError("n_labels must be >= 1")
-        self.n_labels = int(n_labels)
-        self.threshold = float(threshold)
-        self.from_logits = bool(from_logits)
-        self.reset()
-
     def reset(self) -> None:
         self._correct: torch.Tensor | None = None
         self.n_samples = 0
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        _check_2d(pred, target, self.n_labels, "one column per label")
-        p = _binarize(pred.detach(), self.threshold, self.from_logits)
-        t = _positive_target(target.detach()).to(p.device)
+        p, t = self._binary_batch(pred, target, "one column per label")
         if self._correct is None:
             self._correct = torch.zeros(self.n_labels, dtype=torch.int64, device=p.device)
         self._correct += (p == t).sum(0)
-        self.n_samples += pred.shape[0]
 
     def compute_per_label(self) -> np.ndarray:
         """Per-label accuracy in percent (float64 array); all NaN (with a warning) if empty."""
