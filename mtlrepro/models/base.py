@@ -43,7 +43,7 @@ __all__ = [
     "MTLModel", "UnitMTLModel", "ConvSpec", "ConvBN", "PerTask", "TaskContext", "Backbone",
     "BACKBONES", "SHARING", "count_parameters", "round_half_up", "task_chunks", "chunk_setting", "TASK_CHUNK_ENV", "CPU_AUTO_CHUNK",
     "tasks_to_channels", "channels_to_tasks", "grouped_batch_norm", "per_task_batch_norm",
-    "per_task_conv_bn", "per_task_linear", "grouped_batch_norms",
+    "per_task_conv_bn", "per_task_linear", "grouped_batch_norms", "build_task_networks",
 ]
 
 
@@ -421,6 +421,7 @@ def grouped_batch_norms(module: nn.Module, n: int, batch: int) -> Iterator[None]
 UnitFactory = Callable[[ConvSpec], nn.Module]
 
 
+
 @dataclass
 class Backbone:
     """What a backbone builder returns.
@@ -443,6 +444,19 @@ BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone")
 SHARING: Registry[type["MTLModel"]] = Registry("sharing scheme")
 
 
+def build_task_networks(backbone: str, out_dims: Sequence[int], **backbone_kwargs) -> tuple["PerTask", "PerTask", int]:
+    """One independent plain-conv backbone and head per task (single-task networks, the columns
+    of cross-stitch): ``(encoders, heads, feature_dim)``."""
+    builder = BACKBONES.get(backbone)
+    nets, heads, feature_dim = [], [], 0
+    for d in out_dims:
+        bb = builder(ConvBN, **backbone_kwargs)
+        nets.append(bb.encoder)
+        heads.append(bb.make_head(d))
+        feature_dim = bb.feature_dim
+    return PerTask(nets), PerTask(heads), feature_dim
+
+
 def round_half_up(x: float) -> int:
     """round() without banker's rounding: 57.6 -> 58, 0.5 -> 1."""
     return int(math.floor(x + 0.5 + 1e-9))
@@ -462,6 +476,14 @@ class MTLModel(nn.Module):
     #: per-task loop up to float rounding); the synchronized step and ``forward_all`` use it then.
     supports_batched_tasks: bool = False
     n_tasks: int
+
+    def _set_tasks(self, backbone: str, out_dims: Sequence[int] | None) -> None:
+        """The task list every model validates and stores the same way."""
+        if not out_dims:
+            raise ValueError("out_dims must list at least one task")
+        self.out_dims = [int(d) for d in out_dims]
+        self.n_tasks = len(self.out_dims)
+        self.backbone_name = backbone
 
     def forward(self, x: Tensor, task: int | None = None) -> Tensor | list[Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -566,11 +588,7 @@ class UnitMTLModel(MTLModel):
 
     def __init__(self, backbone: str, out_dims: list[int], **backbone_kwargs):
         super().__init__()
-        if not out_dims:
-            raise ValueError("out_dims must list at least one task")
-        self.out_dims = [int(d) for d in out_dims]
-        self.n_tasks = len(self.out_dims)
-        self.backbone_name = backbone
+        self._set_tasks(backbone, out_dims)
         self.ctx = TaskContext(self.n_tasks)
         bb = BACKBONES.get(backbone)(self.make_unit, **backbone_kwargs)
         self.encoder = bb.encoder

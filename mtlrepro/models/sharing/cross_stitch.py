@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..base import BACKBONES, SHARING, ConvBN, MTLModel, PerTask
+from ..base import SHARING, MTLModel, build_task_networks
 from ..segnet import unpool_size
 
 __all__ = ["CrossStitch", "CrossStitchUnit"]
@@ -73,23 +73,14 @@ class CrossStitch(MTLModel):
     def __init__(self, backbone: str = "segnet", out_dims: list[int] | None = None,
                  mixing: str = "mtan", alpha_self: float = 0.9, **backbone_kwargs):
         super().__init__()
-        if not out_dims:
-            raise ValueError("out_dims must list at least one task")
-        self.out_dims = [int(d) for d in out_dims]
-        self.n_tasks = len(self.out_dims)
-        self.backbone_name = backbone
+        self._set_tasks(backbone, out_dims)
         self.mixing = mixing
-        builder = BACKBONES.get(backbone)
-        nets, heads = [], []
-        for d in self.out_dims:
-            bb = builder(ConvBN, **backbone_kwargs)
-            nets.append(bb.encoder)
-            heads.append(bb.make_head(d))
+        nets, heads, _ = build_task_networks(backbone, self.out_dims, **backbone_kwargs)
         if not all(hasattr(nets[0], a) for a in ("down", "up", "enc", "dec")):
             raise ValueError(f"cross_stitch needs a SegNet-style backbone with a stage-wise forward "
                              f"(backbone 'segnet'); got {backbone!r}")
-        self.nets = PerTask(nets)
-        self.heads = PerTask(heads)
+        self.nets = nets
+        self.heads = heads
         self.feature_dim = nets[0].out_features
         n_enc, n_dec = len(nets[0].enc), len(nets[0].dec)
         self.cs_enc = nn.ModuleList([CrossStitchUnit(self.n_tasks, mixing, alpha_self)

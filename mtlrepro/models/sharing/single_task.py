@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..base import BACKBONES, SHARING, ConvBN, MTLModel, PerTask
+from ..base import SHARING, MTLModel, build_task_networks
 
 __all__ = ["SingleTask"]
 
@@ -33,20 +33,8 @@ class SingleTask(MTLModel):
 
     def __init__(self, backbone: str = "segnet", out_dims: list[int] | None = None, **backbone_kwargs):
         super().__init__()
-        if not out_dims:
-            raise ValueError("out_dims must list at least one task")
-        self.out_dims = [int(d) for d in out_dims]
-        self.n_tasks = len(self.out_dims)
-        self.backbone_name = backbone
-        builder = BACKBONES.get(backbone)
-        nets, heads = [], []
-        for d in self.out_dims:
-            bb = builder(ConvBN, **backbone_kwargs)
-            nets.append(bb.encoder)
-            heads.append(bb.make_head(d))
-            self.feature_dim = bb.feature_dim
-        self.nets = PerTask(nets)
-        self.heads = PerTask(heads)
+        self._set_tasks(backbone, out_dims)
+        self.nets, self.heads, self.feature_dim = build_task_networks(backbone, self.out_dims, **backbone_kwargs)
 
     def forward(self, x: Tensor, task: int | None = None) -> Tensor:
         if task is None:
