@@ -54,17 +54,31 @@ def _tables_with_recipes() -> list[str]:
 
 
 def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = None,
-              results_root: Path | None = None) -> tuple[list[Job], list[tuple[Job, RunRecord]], list[Recipe]]:
-    """(jobs to run, jobs already stored with their records, recipes not implemented)."""
+              results_root: Path | None = None, device: str | None = None
+              ) -> tuple[list[Job], list[tuple[Job, RunRecord]], list[Recipe]]:
+    """(jobs to run, jobs already stored with their records, recipes not implemented).
+
+    A job is stored when a record of its fingerprint and seed exists for the device kind it would
+    run on (``device``; the default device when None). Recipes of several tables that resolve to
+    one configuration are one job: it is planned once.
+    """
+    from .store import device_kind
+    from .train.trainer import pick_device
+
+    kind = device_kind(pick_device(device))
     todo, done, skipped = [], [], []
+    seen: set[tuple[str, int]] = set()
     for r in recipes:
         if r.status != "ready":
             skipped.append(r)
             continue
         eff = apply_profile(r, profile)
         for s in (seeds if seeds is not None else list(eff.seeds)):
+            if (eff.fingerprint, s) in seen:
+                continue
+            seen.add((eff.fingerprint, s))
             job = Job(eff, s, profile)
-            rec = find_run(profile, eff.id, eff.fingerprint, s, results_root)
+            rec = find_run(profile, eff.id, eff.fingerprint, s, results_root, device_kind=kind)
             (done.append((job, rec)) if rec is not None else todo.append(job))
     return todo, done, skipped
 
@@ -83,9 +97,10 @@ def run_job(job: Job, data_root: str | None, device: str | None, results_root: P
         if isinstance(e, DataError):
             raise
         from .store import environment
+        from .train.trainer import pick_device
         rec = RunRecord(recipe_id=job.recipe.id, fingerprint=job.recipe.fingerprint, seed=job.seed,
                         profile=job.profile, status="failed", recipe=job.recipe.to_dict(), data={},
-                        environment=environment(),
+                        environment=environment(pick_device(device)),
                         failure=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
         save_run(rec, results_root)
         print(f"  FAILED {job.name}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -2,9 +2,14 @@
 
 A recipe file ``reproduce/recipes/<paper>/<table>.yaml`` has ``defaults`` (the paper's
 schedule), ``choices`` (every hyper-parameter the paper leaves open, with the reason for the
-default) and one entry per table row. A :class:`Recipe` is frozen; its fingerprint hashes
-everything that changes the result (not its id, notes or seed list), so a changed recipe
-gets new runs and an unchanged one is never re-run.
+default), ``tolerances`` (column key -> absolute tolerance in printed units, or ``"N%"`` of the
+printed value: declared once, applied by the diff) and one entry per table row.
+
+A :class:`Recipe` is frozen. Its :attr:`~Recipe.fingerprint` hashes the *resolved* configuration
+(every option, in-code defaults of the model and weighting written out, see
+:mod:`mtlrepro.fingerprint`) and the implementation version of every component it uses - not its
+id, table, notes, seed list or ``fitted`` marks. The same configuration used by several tables is
+therefore one fingerprint, trained once; a changed option or a bumped implementation gets new runs.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from .registry import Registry
 from .tables import REPRODUCE_DIR, TableFormatError
 
 RECIPES_DIR = REPRODUCE_DIR / "recipes"
-NOT_RESULT_FIELDS = {"id", "table", "row", "seeds", "notes", "status"}
+NOT_RESULT_FIELDS = {"id", "table", "row", "seeds", "notes", "status", "fitted"}
 
 
 @dataclass(frozen=True)
@@ -47,32 +52,54 @@ class Recipe:
     image_size: int = 64
     resize_mode: str = "square"
     selection: str = "last"            # last | best:<metric>
-    amp: bool = False                  # mixed precision (off for fidelity; reported when on)
+    amp: bool = False                  # bf16 autocast (off for fidelity; reported when on)
+    tf32: bool = False                 # TF32 matmuls/convolutions on GPUs (set explicitly, recorded)
     channels_last: bool = False
     max_steps_per_epoch: int | None = None   # only the tiny profile sets it
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     status: str = "ready"              # ready | not_implemented
     notes: str = ""
+    fitted: dict[str, str] = field(default_factory=dict)   # column -> why it was fitted to the paper
 
     def result_dict(self) -> dict[str, Any]:
-        """Everything that can change a run's result."""
+        """Everything that can change a run's result, as written in the recipe."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RESULT_FIELDS}
+
+    def resolved(self) -> dict[str, Any]:
+        """:meth:`result_dict` with the in-code defaults of the model and weighting written out."""
+        from .fingerprint import resolve
+        return resolve(self)
+
+    def implementation(self) -> dict[str, int]:
+        """The implementation version of every component this recipe runs."""
+        from .fingerprint import implementation_versions
+        return implementation_versions(self)
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps(self.result_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return _fingerprint(self)
 
     def __hash__(self) -> int:
-        return hash(self.fingerprint)
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["seeds"] = list(self.seeds)
         return d
 
+    def resolved_dict(self) -> dict[str, Any]:
+        """What a run record stores: the recipe, its resolved configuration and versions."""
+        return dict(self.to_dict(), resolved=self.resolved(), implementation=self.implementation())
+
     def with_overrides(self, **kw: Any) -> "Recipe":
         return dataclasses.replace(self, **kw)
+
+
+@lru_cache(maxsize=4096)
+def _fingerprint(recipe: "Recipe") -> str:
+    blob = json.dumps({"config": recipe.resolved(), "implementation": recipe.implementation()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -133,6 +160,7 @@ class RecipeSet:
     choices: tuple[dict, ...]
     path: Path
     figure: dict | None = None        # set for figure sweeps (no printed numbers to diff against)
+    tolerances: dict[str, float | str] = field(default_factory=dict)   # column -> abs or "N%"
 
 
 def load_recipe_file(path: Path) -> RecipeSet:
@@ -140,7 +168,22 @@ def load_recipe_file(path: Path) -> RecipeSet:
     table = data["table"]
     defaults = data.get("defaults") or {}
     recipes = tuple(_make(e, defaults, table, f"{path} recipe {e.get('row')}") for e in data["recipes"])
-    return RecipeSet(table, recipes, tuple(data.get("choices") or ()), path, data.get("figure"))
+    tolerances = dict(data.get("tolerances") or {})
+    for key, tol in tolerances.items():
+        parse_tolerance(tol, 1.0, where=f"{path} tolerances.{key}")
+    return RecipeSet(table, recipes, tuple(data.get("choices") or ()), path, data.get("figure"), tolerances)
+
+
+def parse_tolerance(tol: float | str, published: float, where: str = "tolerance") -> float:
+    """An absolute tolerance from a declared one: a number (printed units) or ``"N%"`` of ``published``."""
+    if isinstance(tol, str) and tol.strip().endswith("%"):
+        try:
+            return abs(published) * float(tol.strip()[:-1]) / 100.0
+        except ValueError:
+            pass
+    elif isinstance(tol, (int, float)) and not isinstance(tol, bool):
+        return float(tol)
+    raise TableFormatError(f"{where}: expected a number or a percentage like '1%', got {tol!r}")
 
 
 @lru_cache(maxsize=1)

@@ -1,12 +1,21 @@
-"""The result store: immutable run records, one JSON file per (recipe fingerprint, seed).
+"""The result store: immutable run records, content-addressed by fingerprint.
 
 Layout (all under ``results/``, so runs from many machines merge by copying files)::
 
-    results/runs/<profile>/<recipe id with / as __>/<fingerprint[:12]>/seed<k>.json
+    results/runs/<profile>/<fingerprint[:16]>/<device kind>/seed<k>.json
     results/checkpoints/...   (same layout, ``.pt``; not versioned, deleted when a run finishes)
 
+The fingerprint (:attr:`mtlrepro.recipe.Recipe.fingerprint`) covers the resolved configuration and
+the implementation versions, not the recipe id: the same configuration used by several tables
+(hard sharing on CelebA-8 is a row of four) is one directory, trained once, and every table
+reports the same record. The device kind (``cpu``, ``cuda-nvidia-h100-80gb-hbm3``, ...) is a
+level of its own, so a GPU run never stands in for a CPU one. The precision policy (``amp``,
+``tf32``) is part of the configuration.
+
 Records are written atomically (temp file + ``os.replace``), so an interrupted sweep never
-leaves a half-written record behind; a job is finished exactly when its record exists.
+leaves a half-written record behind, and concurrent writers of the same record leave one whole
+file; a job is finished exactly when its record exists. :func:`find_run` checks the record's
+fingerprint and schema version before trusting it.
 """
 from __future__ import annotations
 
@@ -14,14 +23,16 @@ import json
 import os
 import platform
 import subprocess
+import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(os.environ.get("MTLREPRO_RESULTS", ROOT / "results"))
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2       # 2: content-addressed layout, resolved config, segments, task weights
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -44,6 +55,7 @@ class EpochRecord:
     train_loss: float
     metrics: dict[str, float]
     seconds: float
+    task_weights: list[float] | None = None   # the weighting's coefficients, mean over the epoch's steps
 
 
 @dataclass
@@ -62,7 +74,7 @@ class RunRecord:
     complexity: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     failure: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0                      # training time summed over every segment of the run
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -75,22 +87,27 @@ class RunRecord:
         return cls(**d)
 
 
-def _slug(recipe_id: str) -> str:
-    return recipe_id.replace("/", "__")
+def device_kind_slug(kind: str) -> str:
+    """A directory name for a device kind ("cpu", "cuda:NVIDIA H100 80GB HBM3" -> "cuda-nvidia-h100-80gb-hbm3")."""
+    return re.sub(r"[^a-z0-9.]+", "-", kind.lower()).strip("-") or "unknown"
 
 
-def run_path(profile: str, recipe_id: str, fingerprint: str, seed: int, root: Path | None = None) -> Path:
-    root = root or RESULTS_DIR
-    return root / "runs" / profile / _slug(recipe_id) / fingerprint[:12] / f"seed{seed}.json"
+def _run_dir(profile: str, fingerprint: str, root: Path | None) -> Path:
+    return (root or RESULTS_DIR) / "runs" / profile / fingerprint[:16]
 
 
-def checkpoint_path(profile: str, recipe_id: str, fingerprint: str, seed: int, root: Path | None = None) -> Path:
-    root = root or RESULTS_DIR
-    return root / "checkpoints" / profile / _slug(recipe_id) / fingerprint[:12] / f"seed{seed}.pt"
+def run_path(profile: str, fingerprint: str, seed: int, device_kind: str, root: Path | None = None) -> Path:
+    return _run_dir(profile, fingerprint, root) / device_kind_slug(device_kind) / f"seed{seed}.json"
+
+
+def checkpoint_path(profile: str, fingerprint: str, seed: int, device_kind: str, root: Path | None = None) -> Path:
+    return ((root or RESULTS_DIR) / "checkpoints" / profile / fingerprint[:16] / device_kind_slug(device_kind)
+            / f"seed{seed}.pt")
 
 
 def save_run(rec: RunRecord, root: Path | None = None) -> Path:
-    path = run_path(rec.profile, rec.recipe_id, rec.fingerprint, rec.seed, root)
+    kind = rec.environment.get("device_kind") or "unknown"
+    path = run_path(rec.profile, rec.fingerprint, rec.seed, kind, root)
     write_text_atomic(path, rec.to_json())
     return path
 
@@ -99,9 +116,40 @@ def load_run(path: Path) -> RunRecord:
     return RunRecord.from_dict(json.loads(path.read_text()))
 
 
-def find_run(profile: str, recipe_id: str, fingerprint: str, seed: int, root: Path | None = None) -> RunRecord | None:
-    path = run_path(profile, recipe_id, fingerprint, seed, root)
-    return load_run(path) if path.exists() else None
+class StaleRecordWarning(UserWarning):
+    """A stored record that is not trusted (another schema version or fingerprint)."""
+
+
+def _check(path: Path, fingerprint: str, seed: int) -> RunRecord | None:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        warnings.warn(f"{path}: unreadable run record ({e}); treated as missing", StaleRecordWarning)
+        return None
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        warnings.warn(f"{path}: schema version {raw.get('schema_version')} != {SCHEMA_VERSION}; treated as "
+                      "missing (re-run it)", StaleRecordWarning)
+        return None
+    if raw.get("fingerprint") != fingerprint or raw.get("seed") != seed:
+        warnings.warn(f"{path}: holds fingerprint {str(raw.get('fingerprint'))[:16]} seed {raw.get('seed')}, "
+                      f"expected {fingerprint[:16]} seed {seed}; treated as missing", StaleRecordWarning)
+        return None
+    return RunRecord.from_dict(raw)
+
+
+def find_run(profile: str, recipe_id: str | None, fingerprint: str, seed: int, root: Path | None = None,
+             device_kind: str | None = None) -> RunRecord | None:
+    """The stored record of (fingerprint, seed) on ``device_kind`` (any kind when None: a finished
+    record is preferred over a failed one, then the kinds in name order). ``recipe_id`` is not part
+    of the address (kept for the callers' readability)."""
+    base = _run_dir(profile, fingerprint, root)
+    kinds = [device_kind_slug(device_kind)] if device_kind else \
+        sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    found = [r for k in kinds if (base / k / f"seed{seed}.json").exists()
+             for r in [_check(base / k / f"seed{seed}.json", fingerprint, seed)] if r is not None]
+    if not found:
+        return None
+    return next((r for r in found if r.status == "finished"), found[0])
 
 
 def iter_runs(profile: str | None = None, root: Path | None = None) -> Iterator[RunRecord]:
@@ -123,17 +171,34 @@ def git_sha() -> str:
         return "unknown"
 
 
-def environment() -> dict[str, Any]:
+def device_kind(dev: "torch.device | str") -> str:
+    """What kind of device ``dev`` is: "cpu", or "cuda:<device name>" (the name of *that* GPU)."""
     import torch
 
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    return dev.type
+
+
+def environment(dev: "torch.device | str | None" = None) -> dict[str, Any]:
+    """The software and hardware of this process, for the device ``dev`` actually used."""
+    import torch
+
+    dev = torch.device(dev) if dev is not None else torch.device("cpu")
     env: dict[str, Any] = {
         "python": platform.python_version(), "platform": platform.platform(),
         "torch": torch.__version__, "cuda": torch.version.cuda, "git_sha": git_sha(),
         "cpu_threads": torch.get_num_threads(), "hostname": platform.node(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device_kind": device_kind(dev),
     }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        env["gpu"] = torch.cuda.get_device_name(index)
+        env["device"] = f"{env['gpu']} (cuda:{index})"
         env["cudnn"] = torch.backends.cudnn.version()
     else:
         env["gpu"] = None
+        env["device"] = dev.type
     return env

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from ..launch import plan_jobs, resolve_recipes
 
     recipes = resolve_recipes(args.target)
-    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds))
+    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
 
     def est(j):
         e = job_seconds(j.recipe, args.calibration)

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..launch import make_launcher, plan_jobs, resolve_recipes
 
     recipes = resolve_recipes(args.target)
-    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds))
+    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
     if args.retry_failed:
         todo += [j for j, rec in done if rec.status == "failed"]
     for r in skipped:

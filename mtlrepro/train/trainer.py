@@ -2,15 +2,23 @@
 
 A checkpoint is written atomically after every epoch; a killed run restarts from the last
 finished epoch and, since batch order derives from (seed, epoch) and all model randomness
-lives in buffers, continues exactly as an uninterrupted run would (on CPU). A non-finite
-loss fails the run with the reason; the record says so and the sweep goes on.
+lives in buffers, continues exactly as an uninterrupted run would (on CPU). Checkpoints are
+loaded on the CPU (RNG states must stay CPU tensors; model and optimizer state are copied to
+the device by ``load_state_dict``); the CUDA RNG state is restored where one was saved. The
+record keeps the environment of every segment of a resumed run and the summed training time.
+
+The precision policy is explicit: TF32 is switched on or off as the recipe says (``tf32``), and
+``record.environment["precision"]`` states what was in force. A non-finite loss fails the run
+with the reason; the record says so and the sweep goes on.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -19,7 +27,7 @@ from ..methods import build_weighting
 from ..models import build_model
 from ..problems import build_problem
 from ..recipe import Recipe
-from ..store import EpochRecord, RunRecord, checkpoint_path, environment, save_run
+from ..store import EpochRecord, RunRecord, checkpoint_path, device_kind, environment, save_run
 from .steps import STEPS, evaluate
 
 
@@ -63,9 +71,16 @@ def select_final(epochs: list[EpochRecord], rule: str) -> dict:
         metric = rule.split(":", 1)[1]
         lower = metric.startswith("-")
         metric = metric.lstrip("-")
-        e = (min if lower else max)(epochs, key=lambda r: r.metrics.get(metric, -math.inf))
+        missing = [r.epoch for r in epochs if metric not in r.metrics]
+        if missing:
+            known = sorted(epochs[missing[0] - epochs[0].epoch].metrics) if epochs else []
+            raise ValueError(f"selection {rule!r}: metric {metric!r} is not measured (epochs {missing}); "
+                             f"measured: {', '.join(known)}")
+        e = (min if lower else max)(epochs, key=lambda r: r.metrics[metric])
     elif rule.startswith("mean_last:"):
         k = int(rule.split(":", 1)[1])
+        if k < 1:
+            raise ValueError(f"selection {rule!r}: k must be >= 1")
         tail = epochs[-k:]
         keys = tail[-1].metrics.keys()
         return {"metrics": {m: sum(r.metrics[m] for r in tail) / len(tail) for m in keys},
@@ -73,6 +88,65 @@ def select_final(epochs: list[EpochRecord], rule: str) -> dict:
     else:
         raise ValueError(f"unknown selection rule {rule!r} (last, best:<metric>, mean_last:<k>)")
     return {"metrics": dict(e.metrics), "epoch": e.epoch, "selection": rule}
+
+
+def precision_policy(recipe: Recipe, dev: torch.device) -> dict:
+    """Set TF32 explicitly as the recipe says and return what is in force for the record."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(recipe.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(recipe.tf32)
+    return {"dtype": "float32", "amp": "bfloat16 autocast" if recipe.amp else None,
+            "tf32": bool(recipe.tf32) and dev.type == "cuda", "channels_last": bool(recipe.channels_last)}
+
+
+def data_checksum(problem) -> str:
+    """sha256 of every tensor the run trains and evaluates on (inputs and targets, both splits)."""
+    cached = problem.data_info.get("checksum")
+    if cached:
+        return cached
+    h = hashlib.sha256()
+    for split in (problem.train, problem.eval):
+        for t in [split.inputs, *split.targets]:
+            t = t.detach().contiguous().cpu()
+            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.numpy().tobytes())
+    problem.data_info["checksum"] = h.hexdigest()
+    return problem.data_info["checksum"]
+
+
+@lru_cache(maxsize=64)
+def _complexity(backbone: str, sharing: str, kwargs: str, out_dims: tuple[int, ...],
+                input_shape: tuple[int, ...]) -> dict:
+    import json
+    from ..complexity import count
+    rng = torch.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        model = build_model(backbone, sharing, list(out_dims), **json.loads(kwargs))
+        c = count(model, input_shape)
+    finally:
+        torch.set_rng_state(rng)
+    return {"params_active_task0": c.params, "params_total": c.params_total, "buffers": c.buffers,
+            "flops": c.flops, "flops_unit": "MAC", "input_shape": list(c.input_shape), "scope": c.scope,
+            "unsupported_ops": dict(c.unsupported_ops)}
+
+
+def run_complexity(recipe: Recipe, problem) -> dict:
+    """fvcore params/MACs of this run's model at this run's input size (one image, one task)."""
+    import json
+    return dict(_complexity(recipe.backbone, recipe.sharing, json.dumps(recipe.sharing_kwargs, sort_keys=True),
+                            tuple(problem.out_dims), tuple(problem.input_shape)))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state, every tensor on the CPU (RNG states must be CPU ByteTensors)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def restore_rng(state: dict, dev: torch.device) -> None:
+    torch.set_rng_state(state["rng_cpu"])
+    if dev.type == "cuda" and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"], dev)
 
 
 def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = None,
@@ -85,9 +159,11 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     dev = pick_device(device)
     if os.environ.get("MTLREPRO_THREADS"):  # oversubscribed CPUs: OpenMP spin-waits make 2 threads far slower than 1
         torch.set_num_threads(int(os.environ["MTLREPRO_THREADS"]))
-    started = time.time()
+    segment_start = time.time()
+    check_selection_rule(recipe.selection)
     if problem is None:
         problem = build_problem(recipe, profile, data_root, dev)
+    precision = precision_policy(recipe, dev)
     torch.manual_seed(seed)
     model = build_model(recipe.backbone, recipe.sharing, problem.out_dims, **recipe.sharing_kwargs).to(dev)
     if recipe.channels_last:
@@ -100,37 +176,47 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     step_fn = STEPS.get(recipe.update)
     steps_per_epoch = problem.steps_per_epoch(recipe.batch_size, recipe.max_steps_per_epoch)
 
+    env = dict(environment(dev), precision=precision)
     record = RunRecord(recipe_id=recipe.id, fingerprint=recipe.fingerprint, seed=seed, profile=profile,
-                       status="running", recipe=recipe.to_dict(), data=dict(problem.data_info),
-                       environment=environment())
-    record.complexity = {"params_active_task0": model.active_parameter_count(0),
-                         "params_total": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    ckpt = checkpoint_path(profile, recipe.id, recipe.fingerprint, seed, results_root)
-    start_epoch = 0
+                       status="running", recipe=recipe.resolved_dict(),
+                       data=dict(problem.data_info, checksum=data_checksum(problem)), environment=env)
+    record.complexity = run_complexity(recipe, problem)
+    ckpt = checkpoint_path(profile, recipe.fingerprint, seed, device_kind(dev), results_root)
+    start_epoch, segments, seconds_before = 0, [], 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         weighting.load_state_dict(state["weighting"])
-        if "weighting_extra" in state and hasattr(weighting, "load_extra_state"):
+        if state.get("weighting_extra") is not None and hasattr(weighting, "load_extra_state"):
             weighting.load_extra_state(state["weighting_extra"])
         record.epochs = [EpochRecord(**e) for e in state["epochs"]]
-        torch.set_rng_state(state["rng_cpu"])
-        if dev.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        restore_rng(state, dev)
+        segments = list(state.get("segments") or [])
+        seconds_before = float(state.get("seconds") or 0.0)
         start_epoch = len(record.epochs)
+    segments.append(dict(env, start_epoch=start_epoch))
+    record.environment = dict(env, segments=segments)
+
+    def elapsed() -> float:
+        return seconds_before + time.time() - segment_start
 
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.amp)
     for epoch in range(start_epoch, recipe.epochs):
         t0 = time.time()
         model.train()
         loss_sum = torch.zeros((), device=dev)
+        weight_sum: torch.Tensor | None = None
         bar = _bar(progress, steps_per_epoch, f"{recipe.id} s{seed} e{epoch + 1}/{recipe.epochs}")
         for step, (x, targets) in enumerate(problem.train_batches(recipe.batch_size, epoch, seed,
                                                                   recipe.max_steps_per_epoch)):
             model.on_train_step(epoch * steps_per_epoch + step, steps_per_epoch)
             with autocast:
-                loss_sum += step_fn(model, weighting, optimizer, problem, x, targets)
+                out = step_fn(model, weighting, optimizer, problem, x, targets)
+            loss, weights = out if isinstance(out, tuple) else (out, None)
+            loss_sum += loss
+            if weights is not None:
+                weight_sum = weights.detach().float() if weight_sum is None else weight_sum + weights.detach()
             if bar:
                 bar.update(1)
         if bar:
@@ -138,29 +224,42 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         train_loss = float(loss_sum) / steps_per_epoch       # one host sync per epoch
         if not math.isfinite(train_loss):
             record.status, record.failure = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch + 1}"
-            record.seconds = time.time() - started
+            record.seconds = elapsed()
             save_run(record, results_root)
             ckpt.unlink(missing_ok=True)
             raise RunFailed(record.failure)
         model.on_epoch_end(epoch)
         metrics = evaluate(model, problem, max(recipe.batch_size, 256))
+        task_weights = None if weight_sum is None else (weight_sum / steps_per_epoch).cpu().tolist()
         record.epochs.append(EpochRecord(epoch=epoch + 1, train_loss=train_loss, metrics=metrics,
-                                         seconds=time.time() - t0))
+                                         seconds=time.time() - t0, task_weights=task_weights))
+        if epoch == start_epoch:  # an unknown selection metric fails now, not after the last epoch
+            select_final(record.epochs, recipe.selection)
         _save_checkpoint(ckpt, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "weighting": weighting.state_dict(),
             "weighting_extra": weighting.extra_state() if hasattr(weighting, "extra_state") else None,
             "epochs": [vars(e) for e in record.epochs], "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None,
+            "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+            "segments": segments, "seconds": elapsed(),
         })
         if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs and epoch + 1 < recipe.epochs:
             return None
     record.final = select_final(record.epochs, recipe.selection)
     record.status = "finished"
-    record.seconds = time.time() - started
+    record.seconds = elapsed()
     save_run(record, results_root)
     ckpt.unlink(missing_ok=True)
     return record
+
+
+def check_selection_rule(rule: str) -> None:
+    """Reject a malformed epoch-selection rule before any training (the metric is checked after epoch 1)."""
+    if rule == "last" or (rule.startswith("best:") and rule.split(":", 1)[1].lstrip("-")):
+        return
+    if rule.startswith("mean_last:") and rule.split(":", 1)[1].isdigit() and int(rule.split(":", 1)[1]) >= 1:
+        return
+    raise ValueError(f"unknown selection rule {rule!r} (last, best:<metric>, best:-<metric>, mean_last:<k>)")
 
 
 def _bar(progress: bool, total: int, desc: str):

@@ -1,0 +1,79 @@
+"""What a run record holds: resumed segments, true time, device, precision, complexity, data checksum."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtlrepro.recipe import apply_profile, get_recipe
+from mtlrepro.store import EpochRecord
+from mtlrepro.train.trainer import load_checkpoint, restore_rng, select_final, train_run
+
+from ..harness_utils import tiny_env  # noqa: F401 (fixture)
+
+
+def _tiny(recipe_id: str, **kw):
+    return apply_profile(get_recipe(recipe_id), "tiny").with_overrides(**kw)
+
+
+def test_checkpoint_rng_state_is_loaded_on_the_cpu_whatever_the_device(tmp_path):
+    """Resume on a GPU failed: map_location=<gpu> moved the CPU RNG state to the GPU and
+    set_rng_state raised. The meta device stands in for a GPU here."""
+    path = tmp_path / "c.pt"
+    torch.save({"rng_cpu": torch.get_rng_state(), "rng_cuda": None}, path)
+    old_way = torch.load(path, map_location="meta", weights_only=False)   # what the trainer did on a GPU
+    with pytest.raises((RuntimeError, TypeError, NotImplementedError)):
+        torch.set_rng_state(old_way["rng_cpu"])
+    state = load_checkpoint(path)
+    assert state["rng_cpu"].device.type == "cpu"
+    expected = torch.rand(3)
+    restore_rng(state, torch.device("meta"))     # a non-CPU device without a CUDA RNG state
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_resumed_run_keeps_every_segment_and_the_summed_time(tmp_path, tiny_env):
+    recipe = _tiny("etr_nlp/table4/hard_sharing_g8", epochs=3)
+    assert train_run(recipe, 0, "tiny", results_root=tmp_path, progress=False, device="cpu",
+                     stop_after_epochs=1) is None
+    ckpt_seconds = load_checkpoint(next((tmp_path / "checkpoints").rglob("*.pt")))["seconds"]
+    rec = train_run(recipe, 0, "tiny", results_root=tmp_path, progress=False, device="cpu")
+    segs = rec.environment["segments"]
+    assert [s["start_epoch"] for s in segs] == [0, 1]
+    assert all(s["device"] == "cpu" and s["torch"] == torch.__version__ for s in segs)
+    assert rec.seconds > ckpt_seconds > 0
+    assert rec.environment["device"] == "cpu" and rec.environment["device_kind"] == "cpu"
+    assert rec.environment["precision"] == {"dtype": "float32", "amp": None, "tf32": False, "channels_last": False}
+
+
+def test_record_holds_complexity_at_the_run_size_resolved_config_and_data_checksum(tmp_path, tiny_env):
+    recipe = _tiny("etr_nlp/table4/gradnorm_g8", epochs=1)
+    rec = train_run(recipe, 0, "tiny", results_root=tmp_path, progress=False, device="cpu")
+    c = rec.complexity
+    assert c["input_shape"] == [3, 32, 32] and c["flops_unit"] == "MAC" and c["flops"] > 0
+    assert c["params_active_task0"] == c["params_total"] > 11_000_000
+    assert rec.recipe["resolved"]["weighting_kwargs"]["weight_lr"] == 0.025
+    assert rec.recipe["implementation"]["weighting:gradnorm"] >= 1
+    assert len(rec.data["checksum"]) == 64
+    again = train_run(recipe, 1, "tiny", results_root=tmp_path, progress=False, device="cpu")
+    assert again.data["checksum"] == rec.data["checksum"]
+
+
+def _epochs(*metrics):
+    return [EpochRecord(epoch=i + 1, train_loss=1.0, metrics=m, seconds=0.0) for i, m in enumerate(metrics)]
+
+
+def test_select_final_rejects_an_unknown_metric_instead_of_returning_nothing():
+    eps = _epochs({"fscore": 1.0}, {"fscore": 2.0})
+    assert select_final(eps, "best:fscore")["epoch"] == 2
+    assert select_final(eps, "best:-fscore")["epoch"] == 1
+    with pytest.raises(ValueError, match="fscore"):
+        select_final(eps, "best:fscroe")
+    with pytest.raises(ValueError):
+        select_final(eps, "mean_last:0")
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select_final(eps, "first")
+
+
+def test_an_unknown_selection_metric_fails_the_run_after_its_first_epoch(tmp_path, tiny_env):
+    recipe = _tiny("etr_nlp/table4/hard_sharing_g8", epochs=3, selection="best:fscroe")
+    with pytest.raises(ValueError, match="fscroe"):
+        train_run(recipe, 0, "tiny", results_root=tmp_path, progress=False, device="cpu")
