@@ -12,12 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from .data.datasets import DATASETS, get_dataset
 from .recipe import Recipe
 from .tables import REPRODUCE_DIR
 
 CALIBRATION_DIR = REPRODUCE_DIR / "calibration"
-TRAIN_SIZES = {"celeba": 162_770, "cityscapes": 2_975, "nyuv2": 795}
-TASKS = {"group8": 8, "attr40": 40, "mr8": 8, "std2": 2, "mr15": 15, "std3": 3}
 SIMILAR_PASS = {"task_routing": "etr", "max_roaming": "etr", "attentive": "etr"}
 
 
@@ -34,9 +33,9 @@ def calibration(device: str = "h100") -> dict:
 
 
 def batches_per_epoch(recipe: Recipe) -> int | None:
-    n = TRAIN_SIZES.get(recipe.dataset)
-    if n is None:
+    if recipe.dataset not in DATASETS:
         return None
+    n = get_dataset(recipe.dataset).split_sizes["train"]
     steps = max(n // recipe.batch_size, 1)
     return min(steps, recipe.max_steps_per_epoch) if recipe.max_steps_per_epoch else steps
 
@@ -47,7 +46,8 @@ def seconds_per_batch(recipe: Recipe, device: str = "h100") -> Estimate:
     if key in cal.get("s_per_batch", {}):
         return Estimate(cal["s_per_batch"][key] * recipe.batch_size / 256, "measured")
     passes = cal.get("s_per_task_pass", {})
-    n_tasks = TASKS.get(recipe.task_set)
+    sets = get_dataset(recipe.dataset).task_sets if recipe.dataset in DATASETS else {}
+    n_tasks = sets[recipe.task_set].n_tasks if recipe.task_set in sets else None
     name = f"{recipe.backbone}/{recipe.sharing}"
     if recipe.update in ("steady_state", "synchronized") and n_tasks:
         if name in passes:

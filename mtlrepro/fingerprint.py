@@ -81,7 +81,7 @@ def implementation_versions(recipe) -> dict[str, int]:
     """``{component: version}`` for every component the recipe's run executes."""
     from .methods import WEIGHTINGS
     from .models import BACKBONES, SHARING
-    from .problems import PROBLEMS
+    from .data.datasets import get_dataset
     from .train.steps import STEPS
 
     return {
@@ -90,5 +90,5 @@ def implementation_versions(recipe) -> dict[str, int]:
         f"sharing:{recipe.sharing}": _version(SHARING.get(recipe.sharing)),
         f"weighting:{recipe.weighting}": _version(WEIGHTINGS.get(recipe.weighting)),
         f"update:{recipe.update}": _version(STEPS.get(recipe.update)),
-        f"data:{recipe.dataset}": _version(PROBLEMS.get(recipe.dataset)),
+        f"data:{recipe.dataset}": get_dataset(recipe.dataset).version,
     }

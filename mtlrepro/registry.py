@@ -28,6 +28,12 @@ class UnknownKeyError(KeyError):
         return self.args[0]
 
 
+def load_target(target: str):
+    """The object a lazy ``"module:attr"`` target names."""
+    module, attr = target.split(":", 1)
+    return getattr(importlib.import_module(module), attr)
+
+
 class Registry(Generic[T]):
     """Maps names to objects, or to lazy ``"module:attr"`` targets resolved on first use."""
 
@@ -55,8 +61,7 @@ class Registry(Generic[T]):
             raise UnknownKeyError(self.kind, name, list(self._entries))
         obj = self._entries[name]
         if isinstance(obj, str) and ":" in obj:  # lazy "module:attr"
-            module, attr = obj.split(":", 1)
-            obj = getattr(importlib.import_module(module), attr)
+            obj = load_target(obj)
             self._entries[name] = obj
         return obj  # type: ignore[return-value]
 

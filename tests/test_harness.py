@@ -95,8 +95,6 @@ def test_nan_loss_marks_run_failed_and_sweep_goes_on(tmp_path, tiny_env, monkeyp
         return p
 
     monkeypatch.setattr(celeba_problem, "build_celeba_problem", poisoned)
-    from mtlrepro import problems
-    monkeypatch.setattr(problems.PROBLEMS, "get", lambda name: poisoned)
     jobs = [Job(_tiny("etr_nlp/table4/gradnorm_g8", epochs=1), 0, "tiny"),
             Job(_tiny("etr_nlp/table4/hard_sharing_g8", epochs=1), 0, "tiny")]
     InProcessLauncher("cpu", progress=False).run(jobs, None, tmp_path)

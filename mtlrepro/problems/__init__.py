@@ -2,28 +2,20 @@
 
 A problem holds its tensors on the training device (uint8 images, pre-resized once by the
 data cache) and serves batches by indexing them, so no per-sample Python runs per step.
+Which builder serves which dataset is the dataset's entry in
+:data:`mtlrepro.data.datasets.DATASETS`.
 """
 from __future__ import annotations
 
-from ..registry import Registry
+from ..data.datasets import get_dataset
 from .base import Problem
-
-PROBLEMS: Registry = Registry("dataset")
-PROBLEMS.register("celeba", "mtlrepro.problems.celeba:build_celeba_problem")
-PROBLEMS.register("cityscapes", "mtlrepro.problems.dense:build_cityscapes_problem")
-PROBLEMS.register("nyuv2", "mtlrepro.problems.dense:build_nyuv2_problem")
 
 
 def build_problem(recipe, profile: str, data_root: str | None, device) -> Problem:
     """The problem a recipe trains on; ``profile`` "tiny" uses generated data."""
-    return PROBLEMS.get(recipe.dataset)(recipe, profile, data_root, device)
-
-SHAPES: Registry = Registry("dataset")
-SHAPES.register("celeba", "mtlrepro.problems.celeba:celeba_shape")
-SHAPES.register("cityscapes", "mtlrepro.problems.dense:cityscapes_shape")
-SHAPES.register("nyuv2", "mtlrepro.problems.dense:nyuv2_shape")
+    return get_dataset(recipe.dataset).build_problem(recipe, profile, data_root, device)
 
 
 def problem_shape(recipe) -> tuple[list[int], tuple[int, ...]]:
     """(per-task output sizes, model input shape) without touching any data: for profiling."""
-    return SHAPES.get(recipe.dataset)(recipe)
+    return get_dataset(recipe.dataset).problem_shape(recipe)

@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from ..data.celeba import celeba_tasks, load_celeba
 from ..metrics.classification import MultiLabelPRF
 from .base import Problem, Split
-from .paths import cache_dir_override, data_root_or_explain, ensure_tiny
-
-TINY_SIZES = {"n_train": 32, "n_val": 16, "n_test": 16}
+from .paths import cache_dir_override, data_root_or_explain, ensure_tiny_dataset
 
 
 class CelebAEvaluator:
@@ -33,8 +31,7 @@ class CelebAEvaluator:
 def build_celeba_problem(recipe, profile: str, data_root: str | None, device: torch.device) -> Problem:
     tasks = celeba_tasks(recipe.task_set)
     if profile == "tiny":
-        from ..data.generate import generate_celeba
-        root = ensure_tiny("celeba", generate_celeba, layout="torchvision", seed=0, **TINY_SIZES)
+        root = ensure_tiny_dataset("celeba")
         expect, synthetic = "any", True
     else:
         root = data_root_or_explain("celeba", data_root)

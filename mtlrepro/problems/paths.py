@@ -8,35 +8,18 @@ from typing import Any, Callable
 
 from ..data.errors import DataError
 
-EXPECTED = {
-    "celeba": (
-        "CelebA (aligned faces) under DATA_ROOT, either torchvision's layout\n"
-        "    DATA_ROOT/celeba/img_align_celeba/000001.jpg ... 202599.jpg\n"
-        "    DATA_ROOT/celeba/list_attr_celeba.txt\n"
-        "    DATA_ROOT/celeba/list_eval_partition.txt\n"
-        "  or the official one\n"
-        "    DATA_ROOT/Img/img_align_celeba/*.jpg\n"
-        "    DATA_ROOT/Anno/list_attr_celeba.txt\n"
-        "    DATA_ROOT/Eval/list_eval_partition.txt"
-    ),
-    "cityscapes": (
-        "MTAN's preprocessed Cityscapes (128x256, cityscapes2.zip from github.com/lorenmt/mtan)\n"
-        "    DATA_ROOT/cityscapes/{train,val}/image/<i>.npy     128x256x3 float in [0, 1]\n"
-        "    DATA_ROOT/cityscapes/{train,val}/label_7/<i>.npy   128x256 float, 0..6, -1 = ignore\n"
-        "    DATA_ROOT/cityscapes/{train,val}/depth/<i>.npy     128x256x1 float, 0 = invalid\n"
-        "  (i = 0..2974 train, 0..499 val); DATA_ROOT/cityscapes/low_res/{train,val}/... and\n"
-        "  DATA_ROOT/{train,val}/... (DATA_ROOT = that folder itself) are accepted too"
-    ),
-    "nyuv2": (
-        "MTAN's preprocessed NYUv2 (288x384, nyuv2.zip from github.com/lorenmt/mtan)\n"
-        "    DATA_ROOT/nyuv2/{train,val}/image/<i>.npy    288x384x3 float in [0, 1]\n"
-        "    DATA_ROOT/nyuv2/{train,val}/label/<i>.npy    288x384 float, 0..12, -1 = ignore\n"
-        "    DATA_ROOT/nyuv2/{train,val}/depth/<i>.npy    288x384x1 float metres, 0 = invalid\n"
-        "    DATA_ROOT/nyuv2/{train,val}/normal/<i>.npy   288x384x3 float unit normals, all-zero = invalid\n"
-        "  (i = 0..794 train, 0..653 val); DATA_ROOT/nyuv2/low_res/{train,val}/... and\n"
-        "  DATA_ROOT/{train,val}/... (DATA_ROOT = that folder itself) are accepted too"
-    ),
-}
+def expected_layout(dataset: str) -> str:
+    """What a user must put where under DATA_ROOT for ``dataset`` (its registry entry's text)."""
+    from ..data.datasets import get_dataset
+    return get_dataset(dataset).expected_layout
+
+
+def ensure_tiny_dataset(dataset: str) -> Path:
+    """The generated tiny copy of ``dataset`` (its registry entry's generator and sizes)."""
+    from ..data.datasets import get_dataset
+    from ..registry import load_target
+    spec = get_dataset(dataset)
+    return ensure_tiny(dataset, load_target(spec.tiny_generator), seed=0, **spec.tiny_kwargs)
 
 
 def data_root_or_explain(dataset: str, data_root: str | None) -> Path:
@@ -44,7 +27,7 @@ def data_root_or_explain(dataset: str, data_root: str | None) -> Path:
     if not root:
         raise DataError(
             f"no dataset configured for {dataset}. Pass --data-root DIR (make: DATA_ROOT=DIR) or set "
-            f"MTLREPRO_DATA=DIR, where DIR holds\n  {EXPECTED.get(dataset, dataset)}\n"
+            f"MTLREPRO_DATA=DIR, where DIR holds\n  {expected_layout(dataset)}\n"
             f"To try the whole pipeline on generated data instead: PROFILE=tiny (make) or --profile tiny.")
     return Path(root).expanduser()
 
