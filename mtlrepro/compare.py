@@ -1,30 +1,41 @@
-"""Published vs measured, cell by cell, with a verdict under declared tolerances.
+"""Published vs measured, cell by cell, with a verdict (the rule and its test: :mod:`mtlrepro.verdict`).
 
 Verdicts (per cell):
-- ``match``: |measured − published| ≤ tolerance (declared per metric in the recipe file,
-  else half a unit of the published cell's last printed digit);
-- ``within noise``: not a match, but within 2·sqrt(std_pub² + std_meas²) (the two seed spreads);
-- ``better`` / ``worse``: outside the noise, by the metric's direction;
-- ``missing``: the recipe exists but no finished run is stored; ``failed`` when only failed runs are;
+- ``match``: |measured − published| ≤ the declared tolerance (the recipe file's ``tolerances:``,
+  absolute in printed units or ``"N%"`` of the printed value; else half a unit of the cell's last
+  printed digit);
+- ``within noise`` / ``better`` / ``worse``: Welch's t-test of the measured seeds against the
+  published mean ± std over the paper's seeds (two-sided, α = 0.05), by the metric's direction;
+- ``untested``: no test is possible (no published ±, n < 2 on a side): the raw difference is shown;
+- ``fitted``: the recipe chose something to reproduce this very number (``Recipe.fitted``), so a
+  match is no evidence; ``differs``: a count (#P) that is not within its tolerance;
+- ``incomparable``: the runs hold the column's quantity under another metric definition only
+  (:mod:`mtlrepro.metrics.definitions`); never compared, never averaged into Δ;
+- ``missing``: no finished run stored; ``failed`` when only failed runs are;
 - ``not implemented``: no runnable recipe for the row;
-- ``ambiguous``: the printed row cannot be mapped to one configuration (lost check marks), so it is not run.
-Derived columns (Δ) are recomputed from the MEASURED cells against the measured baseline row,
-with the convention the audit found for that table, and compared the same way.
+- ``ambiguous``: the printed row cannot be mapped to one configuration, so it is not run.
+
+A column's measured key is exactly ``col.metric or col.key``. Derived columns (Δ) are recomputed
+per seed from the MEASURED cells against the mean of the measured baseline row, with the
+convention the audit found for that table, and judged like any other cell.
 """
 from __future__ import annotations
 
-import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from .audit import audit_table, summarize
 from .delta import MetricValue, delta
-from .recipe import Recipe, apply_profile, recipe_sets
-from .schema import Column, Row, Table
+from .metrics.definitions import incomparable_reason, same_quantity
+from .recipe import Recipe, RecipeSet, apply_profile, recipe_sets
+from .schema import SCALE_SUFFIX, Column, Row, Table
 from .store import RunRecord, find_run
+from .verdict import ALPHA, TEST_NAME, VERDICTS, Tolerance, judge
 
-VERDICTS = ("match", "within noise", "better", "worse", "missing", "failed", "not implemented", "ambiguous")
+__all__ = ["VERDICTS", "CellDiff", "RowRuns", "TableDiff", "collect_runs", "compare_table", "diff_table",
+           "declared_tolerances", "measured_key", "params_key"]
 
 
 @dataclass
@@ -33,14 +44,21 @@ class CellDiff:
     label: str
     group: str | None
     column: str
+    metric: str | None              # the run-record key compared (metric columns)
     published: float | None
     published_std: float | None
+    n_pub: int | None               # the paper's number of seeds
     measured: float | None
     measured_std: float | None
-    n: int
-    difference: float | None
-    tolerance: float | None
+    n_meas: int
+    difference: float | None        # measured − published
+    tolerance: float | None         # absolute, in printed units
     verdict: str
+    test: str = ""                  # the test run ("" when none)
+    t: float | None = None
+    df: float | None = None
+    p: float | None = None          # two-sided
+    n_failed: int = 0               # the row's failed runs among the seeds judged
     note: str = ""
 
     def to_dict(self) -> dict:
@@ -49,21 +67,46 @@ class CellDiff:
 
 @dataclass
 class RowRuns:
-    recipe: Recipe | None
+    recipe: Recipe | None           # with the profile applied
     runs: list[RunRecord]
     failed: list[RunRecord]
+    fitted: dict[str, str] = field(default_factory=dict)   # column -> why it was fitted
 
 
-def _measured_key(col: Column, metrics: dict) -> str | None:
-    for k in (col.key, col.metric, f"{col.task}/{col.metric}"):
-        if k and k in metrics:
-            return k
-    return None
+@dataclass
+class TableDiff:
+    """Everything a diff and a report need: the cells, the runs they came from and the rules used."""
+
+    table: Table
+    profile: str
+    seeds: list[int] | None         # requested seeds (None: each recipe's own)
+    cells: list[CellDiff]
+    runs: dict[str, RowRuns]
+    tolerances: dict[str, Tolerance]
+    conventions: dict[str, str]     # Δ column -> convention used
+    alpha: float = ALPHA
+
+    def records(self) -> list[RunRecord]:
+        return [r for rr in self.runs.values() for r in rr.runs + rr.failed]
+
+
+#: The recorded count a #P column is compared with: ETR-NLP counts the learnable parameters one
+#: task's forward pass uses, CoNAL and GatedMTL the whole model (``COMPLEXITY_UNITS["params"]`` in
+#: :mod:`mtlrepro.metrics.definitions`).
+PARAMS_COUNTED = {"etr_nlp": "params_active_task0", "conal": "params_total", "gatedmtl": "params_total"}
+
+
+def params_key(table: Table) -> str:
+    return PARAMS_COUNTED.get(table.paper, "params_active_task0")
+
+
+def measured_key(col: Column) -> str:
+    """The one run-record key a column is compared with (no fallbacks)."""
+    return col.metric or col.key
 
 
 def _scale(col: Column, cell_suffix: str) -> float:
-    s = (cell_suffix or col.scale or "").upper()
-    return {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(s, 1.0)
+    return SCALE_SUFFIX.get((cell_suffix or col.scale or "").upper(), 1.0)
 
 
 @lru_cache(maxsize=None)
@@ -75,92 +118,133 @@ def _audit_convention(table_id: str, column: str) -> str:
     return "per_task"
 
 
-def collect_runs(table: Table, profile: str, seeds: list[int] | None = None, results_root=None) -> dict[str, RowRuns]:
-    rs = recipe_sets().get(table.id)
+def declared_tolerances(table: Table, rs: RecipeSet | None) -> dict[str, Tolerance]:
+    """Column key -> declared tolerance: the recipe file's ``tolerances:`` (a legacy ``tolerances``
+    dict inside a ``choices`` entry is honoured too) and the registry table's. A key declared twice
+    with different values is an error: declare each tolerance once."""
+    found: dict[str, tuple[object, str]] = {}
+    sources: list[tuple[str, dict]] = []
+    if rs is not None:
+        where = f"reproduce/recipes/{table.id}.yaml"
+        sources += [(f"{where} (choices)", c["tolerances"]) for c in rs.choices
+                    if isinstance(c, dict) and isinstance(c.get("tolerances"), dict)]
+        sources.append((where, dict(getattr(rs, "tolerances", None) or {})))
+    sources.append((f"reproduce/{table.id}.yaml", dict(table.tolerances)))
+    for where, tols in sources:
+        for key, spec in tols.items():
+            if key in found and found[key][0] != spec:
+                raise ValueError(f"{table.id}: tolerance of {key!r} declared twice ({found[key][0]!r} in "
+                                 f"{found[key][1]}, {spec!r} in {where})")
+            found.setdefault(key, (spec, where))
+    return {k: Tolerance.parse(spec, where) for k, (spec, where) in found.items()}
+
+
+def collect_runs(table: Table, profile: str, seeds: list[int] | None = None, results_root=None,
+                 recipe_set: RecipeSet | None = None) -> dict[str, RowRuns]:
+    rs = recipe_set if recipe_set is not None else recipe_sets().get(table.id)
     by_row = {r.row: r for r in rs.recipes} if rs else {}
+    results_root = Path(results_root) if results_root is not None else None
     out: dict[str, RowRuns] = {}
     for row in table.rows:
         recipe = by_row.get(row.key)
+        fitted = dict(getattr(recipe, "fitted", None) or {})
         if recipe is None or recipe.status != "ready":
-            out[row.key] = RowRuns(recipe, [], [])
+            out[row.key] = RowRuns(recipe, [], [], fitted)
             continue
         eff = apply_profile(recipe, profile)
         runs, failed = [], []
         for s in (seeds if seeds is not None else eff.seeds):
             rec = find_run(profile, eff.id, eff.fingerprint, s, results_root)
-            if rec is None:
-                continue
-            (runs if rec.status == "finished" else failed).append(rec)
-        out[row.key] = RowRuns(eff, runs, failed)
+            if rec is not None:
+                (runs if rec.status == "finished" else failed).append(rec)
+        out[row.key] = RowRuns(eff, runs, failed, fitted)
     return out
 
 
-def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
-    if not xs:
-        return None, None
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
-
-
-def _verdict(col: Column, pub: float, pub_std: float | None, meas: float, meas_std: float | None,
-             tol: float) -> str:
-    diff = meas - pub
-    if abs(diff) <= tol + 1e-12:
-        return "match"
-    noise = 2 * math.sqrt((pub_std or 0.0) ** 2 + (meas_std or 0.0) ** 2)
-    if noise > 0 and abs(diff) <= noise:
-        return "within noise"
-    better = diff > 0 if col.higher_is_better else diff < 0
-    return "better" if better else "worse"
-
-
-def measured_values(table: Table, row: Row, rr: RowRuns) -> dict[str, list[float]]:
-    """Per column key, the measured value of each finished seed (in the table's printed units)."""
-    vals: dict[str, list[float]] = {}
+def _measured(table: Table, row: Row, rr: RowRuns) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
+    """(column -> {seed: value in printed units}, column -> why it is refused) for metric and #P columns."""
+    vals: dict[str, dict[int, float]] = {}
+    refused: dict[str, str] = {}
     for col in table.columns:
         if col.kind == "metric":
+            key = measured_key(col)
+            others: dict[str, list[int]] = {}
             for rec in rr.runs:
-                k = _measured_key(col, rec.final.get("metrics", {}))
-                if k is not None:
-                    vals.setdefault(col.key, []).append(float(rec.final["metrics"][k]))
+                metrics = rec.final.get("metrics", {})
+                if key in metrics:
+                    vals.setdefault(col.key, {})[rec.seed] = float(metrics[key])
+                    continue
+                for k in same_quantity(key):
+                    if k in metrics:
+                        others.setdefault(k, []).append(rec.seed)
+                        break
+            if others:
+                refused[col.key] = "; ".join(
+                    f"seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))} recorded `{k}`, not `{key}`: "
+                    f"{incomparable_reason(key, k)}" for k, ss in sorted(others.items()))
         elif col.kind == "complexity" and col.unit == "params":
             cell = row.cells.get(col.key)
             scale = _scale(col, cell.suffix if cell else "")
             for rec in rr.runs:
-                p = rec.complexity.get("params_active_task0")
+                p = (rec.complexity or {}).get(params_key(table))
                 if p is not None:
-                    vals.setdefault(col.key, []).append(p / scale)
-    return vals
+                    vals.setdefault(col.key, {})[rec.seed] = p / scale
+    return vals, refused
 
 
-def diff_table(table: Table, profile: str, seeds: list[int] | None = None, results_root=None) -> list[CellDiff]:
-    rows_runs = collect_runs(table, profile, seeds, results_root)
-    tolerances = {}
-    rs = recipe_sets().get(table.id)
-    if rs is not None:
-        for c in rs.choices:
-            if isinstance(c, dict) and c.get("tolerances"):
-                tolerances.update(c["tolerances"])
-    tolerances.update(table.tolerances)
-    measured = {r.key: measured_values(table, r, rows_runs[r.key]) for r in table.rows}
-    # derived columns from measured cells against the measured baseline row
+def _recompute_delta(table: Table, col: Column, row: Row, measured: dict, refused: dict,
+                     convention: str) -> tuple[dict[int, float], str, str]:
+    """Per-seed measured Δ of ``row`` against the mean of its measured baseline; else
+    ({}, "incomparable" or "missing", why it was not computed)."""
+    base_key = row.baseline or col.derived.baseline
+    if base_key is None:
+        return {}, "missing", "Δ not computed: no baseline row"
+    inputs = [k for k in col.derived.inputs if k in row.cells]
+    for k in inputs:
+        for rk in (row.key, base_key):
+            if k in refused[rk]:
+                return {}, "incomparable", (f"Δ not computed: its input `{k}` is incomparable in row `{rk}` "
+                                            "(see that cell)")
+    for k in inputs:
+        if not measured[base_key].get(k):
+            return {}, "missing", f"Δ not computed: baseline `{base_key}` has no measured `{k}`"
+        if not measured[row.key].get(k):
+            return {}, "missing", f"Δ not computed: no measured `{k}`"
+    b = {k: statistics.fmean(measured[base_key][k].values()) for k in inputs}
+    seeds = sorted(set.intersection(*(set(measured[row.key][k]) for k in inputs)))
+    cols = {k: table.column(k) for k in inputs}
+    return {s: delta([MetricValue(cols[k].task or k, measured[row.key][k][s], b[k],
+                                  bool(cols[k].higher_is_better)) for k in inputs], convention)
+            for s in seeds}, "", ""
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def compare_table(table: Table, profile: str, seeds: list[int] | None = None, results_root=None,
+                  recipe_set: RecipeSet | None = None, alpha: float = ALPHA) -> TableDiff:
+    rs = recipe_set if recipe_set is not None else recipe_sets().get(table.id)
+    rows_runs = collect_runs(table, profile, seeds, results_root, rs)
+    tolerances = declared_tolerances(table, rs)
+    measured, refused = {}, {}
+    for r in table.rows:
+        measured[r.key], refused[r.key] = _measured(table, r, rows_runs[r.key])
+    conventions: dict[str, str] = {}
+    unavailable: dict[str, dict[str, str]] = {r.key: {} for r in table.rows}   # why a Δ is missing
     for col in table.columns:
-        if col.kind != "derived" or col.derived is None or not col.derived.formula.startswith("delta"):
-            continue
-        conv = _audit_convention(table.id, col.key)
-        for row in table.rows:
-            base_key = row.baseline or col.derived.baseline
-            if base_key is None:
-                continue
-            mine, base = measured[row.key], measured.get(base_key, {})
-            keys = [k for k in col.derived.inputs if mine.get(k) and base.get(k)]
-            if not keys or len(keys) < len([k for k in col.derived.inputs if k in row.cells]):
-                continue
-            b = {k: statistics.fmean(base[k]) for k in keys}
-            n = min(len(mine[k]) for k in keys)
-            per_seed = [delta([MetricValue(table.column(k).task or k, mine[k][i], b[k],
-                                           bool(table.column(k).higher_is_better)) for k in keys], conv)
-                        for i in range(n)]
-            measured[row.key][col.key] = per_seed
+        if col.kind == "derived" and col.derived is not None and col.derived.formula.startswith("delta"):
+            conventions[col.key] = conv = _audit_convention(table.id, col.key)
+            for row in table.rows:
+                if rows_runs[row.key].recipe is None or row.cells.get(col.key) is None:
+                    continue
+                vals, verdict, why = _recompute_delta(table, col, row, measured, refused, conv)
+                if vals:
+                    measured[row.key][col.key] = vals
+                elif verdict == "incomparable":
+                    refused[row.key][col.key] = why
+                else:
+                    unavailable[row.key][col.key] = why
     out: list[CellDiff] = []
     for row in table.rows:
         rr = rows_runs[row.key]
@@ -168,32 +252,56 @@ def diff_table(table: Table, profile: str, seeds: list[int] | None = None, resul
             cell = row.cells.get(col.key)
             if cell is None or cell.value is None or col.kind == "info":
                 continue
-            pub = table.absolute(row, col.key)
             if col.kind == "complexity" and col.unit != "params":
-                continue  # FLOPs and times are compared by `mtlrepro profile`, not per run
-            base = dict(row=row.key, label=row.label, group=row.group, column=col.key, published=pub,
-                        published_std=cell.std)
-            if rr.recipe is None or rr.recipe.status != "ready":
-                verdict = "ambiguous" if rr.recipe is not None and rr.recipe.status == "ambiguous" \
-                    else "not implemented"
-                out.append(CellDiff(**base, measured=None, measured_std=None, n=0, difference=None,
-                                    tolerance=None, verdict=verdict,
-                                    note="" if rr.recipe is None else rr.recipe.notes))
-                continue
-            xs = measured[row.key].get(col.key, [])
-            if not xs:
-                verdict = "failed" if rr.failed else "missing"
-                note = rr.failed[0].failure.splitlines()[0] if rr.failed else ""
-                out.append(CellDiff(**base, measured=None, measured_std=None, n=0, difference=None,
-                                    tolerance=None, verdict=verdict, note=note))
-                continue
-            m, s = _mean_std(xs)
-            tol = float(tolerances.get(col.key, tolerances.get(col.metric or "", cell.rounding)))
-            hib = col.higher_is_better if col.higher_is_better is not None else True
-            col_for_verdict = col if col.higher_is_better is not None else Column(col.key, col.label, higher_is_better=hib)
-            verdict = _verdict(col_for_verdict, pub, cell.std, m, s, tol)
-            if col.kind == "complexity":  # a count is a match or it is not; "better" means nothing
-                verdict = "match" if verdict == "match" else "differs"
-            out.append(CellDiff(**base, measured=m, measured_std=s, n=len(xs), difference=m - pub,
-                                tolerance=tol, verdict=verdict))
-    return out
+                continue  # FLOPs and times: the report's complexity section, from the run records
+            base = dict(row=row.key, label=row.label, group=row.group, column=col.key,
+                        metric=measured_key(col) if col.kind == "metric" else None,
+                        published=table.absolute(row, col.key), published_std=cell.std,
+                        n_pub=None if col.kind == "complexity" else table.seeds)
+            out.append(_cell(base, col, cell, rr, measured[row.key].get(col.key, {}), refused[row.key],
+                             unavailable[row.key].get(col.key, ""), tolerances, alpha))
+    return TableDiff(table, profile, seeds, out, rows_runs, tolerances, conventions, alpha)
+
+
+def _cell(base: dict, col: Column, cell, rr: RowRuns, xs: dict[int, float], refused: dict[str, str],
+          why_missing: str, tolerances: dict[str, Tolerance], alpha: float) -> CellDiff:
+    base = dict(base, n_failed=len(rr.failed))
+    none = dict(measured=None, measured_std=None, n_meas=0, difference=None, tolerance=None)
+    if rr.recipe is None or rr.recipe.status != "ready":
+        ambiguous = rr.recipe is not None and rr.recipe.status == "ambiguous"
+        return CellDiff(**base, **none, verdict="ambiguous" if ambiguous else "not implemented",
+                        note="" if rr.recipe is None else rr.recipe.notes)
+    if col.key in refused:
+        return CellDiff(**base, **none, verdict="incomparable", note=refused[col.key])
+    if not xs:
+        if rr.failed and not rr.runs:
+            note = rr.failed[0].failure.splitlines()[0] if rr.failed[0].failure else "failed"
+            return CellDiff(**base, **none, verdict="failed", note=note)
+        why = why_missing if rr.runs else ""      # no run at all says it all
+        if rr.runs and not why:
+            why = ("the runs recorded no complexity" if col.kind == "complexity"
+                   else f"the runs have no `{measured_key(col)}`")
+        return CellDiff(**base, **none, verdict="missing", note=why)
+    m, s = _mean_std([xs[k] for k in sorted(xs)])
+    pub = base["published"]
+    tol = tolerances.get(col.key) or Tolerance(cell.rounding, source="rounding")
+    fitted = rr.fitted.get(col.key)
+    if col.kind == "complexity":  # a count matches or it does not: no test, no direction
+        j = judge(pub, None, None, m, None, len(xs), None, tol, alpha)
+        verdict = "fitted" if fitted else ("match" if j.verdict == "match" else "differs")
+        note = fitted or ("" if len(set(xs.values())) == 1 else "the runs' counts differ")
+        return CellDiff(**base, measured=m, measured_std=s or None, n_meas=len(xs), difference=j.difference,
+                        tolerance=j.tolerance, verdict=verdict, note=note)
+    j = judge(pub, cell.std, base["n_pub"], m, s, len(xs), col.higher_is_better, tol, alpha)
+    t = j.test
+    note = f"fitted: {fitted}" if fitted else j.reason
+    return CellDiff(**base, measured=m, measured_std=s, n_meas=len(xs), difference=j.difference,
+                    tolerance=j.tolerance, verdict="fitted" if fitted else j.verdict,
+                    test=TEST_NAME if t else "", t=t.t if t else None, df=t.df if t else None,
+                    p=t.p if t else None, note=note)
+
+
+def diff_table(table: Table, profile: str, seeds: list[int] | None = None, results_root=None,
+               recipe_set: RecipeSet | None = None, alpha: float = ALPHA) -> list[CellDiff]:
+    """The cells of :func:`compare_table`."""
+    return compare_table(table, profile, seeds, results_root, recipe_set, alpha).cells

@@ -6,9 +6,14 @@ printed numbers, so every convention is a separate, named function here and the 
 tries each. All functions are pure and work on plain floats.
 
     metric m of task t, value x_m, baseline b_m, sign s_m = +1 if higher is better else -1
-    relative gain  r_m = s_m * (x_m - b_m) / b_m * 100
+    relative gain  r_m = s_m * (x_m - b_m) / |b_m| * 100
     per_task:  Δ = 1/T Σ_t ( 1/|M_t| Σ_{m∈M_t} r_m )      (CoNAL's and LibMTL's stated Δ_I)
     flat:      Δ = 1/M Σ_m r_m                             (every metric weighs the same)
+
+The papers print the gain over b_m (Maninis et al. 2019's Δ_m, CoNAL's Δ_I); for the positive
+metrics they report (accuracies, IoUs, errors) |b_m| = b_m and the two agree. Dividing by |b_m|
+keeps the sign meaning "better" when a baseline metric is negative (a signed score or a log
+quantity), where dividing by b_m would flip it. A zero baseline gives NaN.
 
 Example:
     >>> from mtlrepro.delta import MetricValue, delta
@@ -18,6 +23,8 @@ Example:
     1.6667
     >>> round(delta(vals, "per_task"), 4)  # (20 + (10 - 25)/2) / 2
     6.25
+    >>> relative_gain(MetricValue("score", -1.0, -2.0, True))   # higher is better: +1 over |−2|
+    50.0
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ class MetricValue:
 
 
 def relative_gain(v: MetricValue) -> float:
-    """Signed relative improvement in percent; positive means better than the baseline."""
+    """Signed relative improvement in percent over |baseline|; positive means better than the baseline."""
     if v.baseline == 0:
         return math.nan
     sign = 1.0 if v.higher_is_better else -1.0

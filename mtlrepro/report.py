@@ -1,4 +1,10 @@
-"""Markdown reports: a pure function of the registry, the recipes and the run store."""
+"""Markdown reports: a pure function of the registry, the recipes and the run store.
+
+Every number in a report comes from a run record or from the registry: the per-cell verdicts
+from :func:`mtlrepro.compare.compare_table`, the parameter / FLOP counts from the records'
+``complexity`` (measured by the trainer on the run's own model at the run's own input size; no
+model is rebuilt here, so a tiny report shows the tiny models' counts, labelled with their input).
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,14 +12,19 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .compare import CellDiff, collect_runs, diff_table, _audit_convention
-from .recipe import PROFILES, recipe_sets
+from .compare import CellDiff, TableDiff, compare_table, params_key
+from .metrics.definitions import get_def
+from .recipe import PROFILES, RecipeSet, recipe_sets
 from .schema import PAPERS, Table
 from .store import RESULTS_DIR, git_sha, write_text_atomic
+from .verdict import TEST_NAME
 
 SYMBOL = {"match": "✓ match", "within noise": "≈ noise", "better": "▲ better", "worse": "▼ worse",
-          "missing": "· missing", "failed": "✗ failed", "not implemented": "n/i", "differs": "≠ differs",
-          "ambiguous": "? ambiguous"}
+          "differs": "≠ differs", "untested": "○ untested", "fitted": "◇ fitted", "incomparable": "⊘ incomparable",
+          "missing": "· missing", "failed": "✗ failed", "not implemented": "n/i", "ambiguous": "? ambiguous"}
+PARAMS_LABEL = {"params_active_task0": "one task's forward pass", "params_total": "whole model"}
+ORDER = ["match", "within noise", "better", "worse", "differs", "untested", "fitted", "incomparable", "missing",
+         "failed", "not implemented", "ambiguous"]
 
 
 def report_path(table: Table, profile: str, root: Path | None = None) -> Path:
@@ -46,34 +57,131 @@ def _speed_options(records) -> str:
                      for opts, ids in sorted(used.items()))
 
 
-def render(table: Table, profile: str, diffs: list[CellDiff], profiles=None, results_root=None) -> str:
+def _cell_text(text: str, d: CellDiff) -> str:
+    """``published → measured (n) verdict`` plus p (tested) or the raw difference (untested)."""
+    failed = f", {d.n_failed} failed" if d.n_failed and d.measured is not None else ""
+    meas = "—" if d.measured is None else f"{_fmt(d.measured, d.measured_std)} (n={d.n_meas}{failed})"
+    out = f"{text} → {meas} {SYMBOL.get(d.verdict, d.verdict)}"
+    if d.p is not None:
+        out += f" p={d.p:.2g}"
+    elif d.verdict in ("untested", "differs", "fitted") and d.difference is not None:
+        out += f" d={d.difference:+.3g}"
+    return out
+
+
+def _legend(td: TableDiff) -> list[str]:
+    table = td.table
+    tol = []
+    for c in table.columns:
+        if c.key in td.tolerances:
+            tol.append(f"{c.label} {td.tolerances[c.key].text()}")
+    compared = {d.column for d in td.cells}
+    undeclared = [c.label for c in table.columns if c.key in compared and c.key not in td.tolerances]
+    tol_text = "; ".join(tol) or "none declared"
+    if undeclared:
+        tol_text += f"; half a unit of the last printed digit for {', '.join(undeclared)}"
+    where = sorted({t.source for t in td.tolerances.values()})
+    return [
+        "Each cell: published → measured (mean ± sample std over n seeds), the verdict and, when a test "
+        "was run, its two-sided p.",
+        "",
+        f"- **Rule:** ✓ match when |measured − published| ≤ the declared tolerance. Otherwise **{TEST_NAME}** "
+        f"on the means (t = (m_meas − m_pub) / √(s_pub²/n_pub + s_meas²/n_meas), Welch–Satterthwaite df, "
+        f"two-sided, **α = {td.alpha:g}**), the published ± read as the std over the paper's "
+        f"n_pub = {table.seeds or 'not stated'} seeds: ≈ noise when p ≥ α, else ▲ better / ▼ worse by the "
+        "metric's direction. ○ untested when no test is possible (no published ±, or n < 2 on a side): the "
+        "raw difference d is shown.",
+        f"- **Tolerances:** {tol_text}" + (f" (declared in {', '.join(where)})" if where else "") + ".",
+        "- ◇ fitted: the recipe chose a setting to reproduce this number, so agreement is no evidence; "
+        "≠ differs: a count outside its tolerance; ⊘ incomparable: the runs hold this quantity under "
+        "another metric definition only (never compared, never averaged into Δ); · missing: no run "
+        "stored; ✗ failed: only failed runs; n/i: no recipe implemented; ? ambiguous: the row's "
+        "configuration is not determined by the paper (not run).",
+        "",
+    ]
+
+
+def _complexity_section(td: TableDiff) -> list[str]:
+    table = td.table
+    pub_cols = [c for c in table.columns if c.kind == "complexity"]
+    rows = []
+    for row in table.rows:
+        rr = td.runs[row.key]
+        recs = [r for r in rr.runs + rr.failed if r.complexity]
+        pub = "; ".join(f"{c.label} {row.cells[c.key].text}" for c in pub_cols
+                        if c.key in row.cells and row.cells[c.key].value is not None) or "—"
+        fitted = "; ".join(f"{k}: {v}" for k, v in sorted(rr.fitted.items()))
+        if not recs:
+            why = ("not run" if rr.recipe is None or rr.recipe.status != "ready"
+                   else "no run stored" if not rr.runs + rr.failed else "the runs recorded no complexity")
+            rows.append([row.label, row.group or "", pub, "—", "—", "—", "—", why, fitted])
+            continue
+        c = recs[0].complexity
+        counts = sorted({r.complexity.get(params_key(table)) for r in recs} - {None})
+        params = ", ".join(f"{p / 1e6:.3f}M" for p in counts) or "—"
+        flops = c.get("flops")
+        rows.append([row.label, row.group or "", pub, params,
+                     "—" if c.get("params_total") is None else f"{c['params_total'] / 1e6:.3f}M",
+                     "—" if flops is None else f"{flops / 1e6:.1f}M {c.get('flops_unit', 'MAC')}",
+                     "×".join(map(str, c.get("input_shape") or [])) or "—",
+                     ", ".join(f"{k}×{v}" for k, v in (c.get("unsupported_ops") or {}).items())
+                     + (f" (scope: {c['scope']})" if c.get("scope") else ""), fitted])
+    shapes = sorted({"×".join(map(str, c.input_shape)) for c in pub_cols if c.input_shape})
+    return ["## Parameters and FLOPs (from the run records)", "",
+            "Counted by the trainer on each run's own model at the run's own input size (fvcore): "
+            f"learnable parameters ({PARAMS_LABEL[params_key(table)]}: what this paper's #P counts, and what "
+            "the #P cells above are compared with) and one image's multiply-accumulates (fvcore's unit; "
+            "FLOPs = 2 × MACs)."
+            + (f" The paper's counts are at {', '.join(shapes)}." if shapes else ""), "",
+            tabulate(rows, headers=["row", "group", "published", f"params ({PARAMS_LABEL[params_key(table)]})",
+                                    "params (all)", "compute",
+                                    "input", "ops fvcore skips / scope", "fitted"], tablefmt="github"), ""]
+
+
+def _definitions_section(table: Table) -> list[str]:
+    lines = ["## Metric definitions", "",
+             "A column is compared only with the run-record key of the same name: one key, one definition.", ""]
+    for c in table.columns:
+        if c.kind != "metric":
+            continue
+        key = c.metric or c.key
+        d = get_def(key)
+        lines.append(f"- {c.label}: `{key}` — " + (f"{d.quantity}: {d.definition}" if d else "undefined"))
+    return lines + [""]
+
+
+def _header(td: TableDiff) -> list[str]:
+    table, profile = td.table, td.profile
     prof = PROFILES[profile]
-    runs = collect_runs(table, profile, results_root=results_root)
-    records = [r for rr in runs.values() for r in rr.runs + rr.failed]
-    gpus = sorted({str(r.environment.get("gpu") or "CPU") for r in records})
+    records = td.records()
+    devices = sorted({str(r.environment.get("device") or r.environment.get("gpu") or "cpu") for r in records})
     torches = sorted({str(r.environment.get("torch")) for r in records})
     shas = sorted({str(r.environment.get("git_sha")) for r in records})
-    seeds = sorted({r.seed for r in records})
+    found = sorted({r.seed for r in records})
+    asked = "each recipe's own" if td.seeds is None else ", ".join(map(str, td.seeds))
     lines = [f"# {table.id} — {table.title}", ""]
     if prof.synthetic:
         lines += ["> **SYNTHETIC DATA — NOT COMPARABLE WITH THE PAPER.** These numbers come from the "
                   f"`{profile}` profile ({prof.description}). They show that the pipeline runs end to "
                   "end; they say nothing about whether the published numbers hold.", ""]
-    lines += [
+    return lines + [
         f"- **Paper:** {PAPERS[table.paper]}",
         f"- **Caption:** {table.caption}",
         f"- **Dataset:** {table.dataset} — {table.dataset_variant}",
         f"- **Profile:** `{profile}` ({prof.description})",
-        f"- **Seeds in store:** {', '.join(map(str, seeds)) or 'none'} (paper: {table.seeds or 'not stated'})",
-        f"- **Hardware:** {', '.join(gpus) or '—'}; torch {', '.join(torches) or '—'}",
+        f"- **Seeds:** {asked}; runs found for {', '.join(map(str, found)) or 'none'} "
+        f"(paper: {table.seeds or 'not stated'})",
+        f"- **Devices:** {', '.join(devices) or '—'}; torch {', '.join(torches) or '—'}",
         f"- **Code:** runs from git {', '.join(shas) or '—'}; report from git {git_sha()}",
         f"- **Precision / layout:** {_speed_options(records)}",
         "",
-        "Each cell: published → measured (mean ± std over n seeds) and the verdict. "
-        "Verdicts: match (within the declared tolerance), ≈ noise (within 2σ of the two seed "
-        "spreads), ▲ better / ▼ worse, · missing (no run stored yet), n/i (no recipe implemented).", "",
     ]
-    by_cell = {(d.row, d.column): d for d in diffs}
+
+
+def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: bool = True) -> str:
+    table = td.table
+    lines = _header(td) + _legend(td)
+    by_cell = {(d.row, d.column): d for d in td.cells}
     cols = [c for c in table.columns if c.kind in ("metric", "derived") or
             (c.kind == "complexity" and c.unit == "params")]
     body = []
@@ -81,61 +189,47 @@ def render(table: Table, profile: str, diffs: list[CellDiff], profiles=None, res
         line = [row.label, row.group or ""]
         for c in cols:
             d = by_cell.get((row.key, c.key))
-            if d is None:
-                line.append("")
-                continue
-            meas = "—" if d.measured is None else f"{_fmt(d.measured, d.measured_std)} (n={d.n})"
-            line.append(f"{row.cells[c.key].text} → {meas} {SYMBOL.get(d.verdict, d.verdict)}")
+            line.append("" if d is None else _cell_text(row.cells[c.key].text, d))
         body.append(line)
     lines += ["## Published vs measured", "",
               tabulate(body, headers=["row", "group"] + [c.label for c in cols], tablefmt="github"), ""]
-    counts = Counter(d.verdict for d in diffs)
-    lines += ["**Verdicts:** " + ", ".join(f"{k} {counts[k]}" for k in
-                                           ["match", "within noise", "better", "worse", "differs", "missing",
-                                            "failed", "not implemented", "ambiguous"] if counts[k]), ""]
+    counts = Counter(d.verdict for d in td.cells)
+    lines += ["**Verdicts:** " + ", ".join(f"{k} {counts[k]}" for k in ORDER if counts[k]), ""]
     for c in table.columns:
-        if c.kind == "derived" and c.derived and c.derived.formula.startswith("delta"):
-            base = c.derived.baseline or "each row's baseline (`baseline` in the registry)"
-            lines += [f"Measured {c.label} is recomputed from the measured cells against the measured "
-                      f"{base} with the `{_audit_convention(table.id, c.key)}` convention, the one "
-                      "`mtlrepro audit` found to reproduce the printed column.", ""]
-    if profiles:
-        prow = []
-        for p in profiles:
-            pub = "; ".join(f"{v['text']} ({v['unit']})" for v in p.published.values()) or "—"
-            prow.append([p.label, p.group or "", pub,
-                         "—" if p.params is None else f"{p.params / 1e6:.3f}M",
-                         "—" if p.flops is None else f"{p.flops / 1e6:.1f}M {p.flops_unit}",
-                         "×".join(map(str, p.input_shape or [])) or "—",
-                         ", ".join(f"{k}×{v}" for k, v in p.unsupported_ops.items()) or ""])
-        lines += ["## Parameters and FLOPs", "",
-                  "Measured with fvcore: learnable parameters used by one task's forward pass (the "
-                  "scope the papers' #P needs for task-routing models) and one image's multiply-"
-                  "accumulates (fvcore's unit; FLOPs = 2 × MACs).", "",
-                  tabulate(prow, headers=["row", "group", "published", "params (measured)",
-                                          "compute (measured)", "input", "ops fvcore skips (not in the count)"],
-                           tablefmt="github"), ""]
-    failed = [(rr.recipe.id if rr.recipe else k, r) for k, rr in runs.items() for r in rr.failed]
+        if c.key in td.conventions:
+            base = (f"the measured row `{c.derived.baseline}`" if c.derived.baseline
+                    else "each row's measured baseline row (`baseline` in the registry)")
+            lines += [f"Measured {c.label} is recomputed per seed from the measured cells against the mean "
+                      f"of {base}, with the `{td.conventions[c.key]}` convention (the one "
+                      "`mtlrepro audit` found to reproduce the printed column), and judged like any cell. "
+                      "It is not computed when an input is missing or incomparable.", ""]
+    notes = [d for d in td.cells if d.note and d.verdict not in ("ambiguous", "not implemented", "failed")]
+    if notes:
+        labels = {c.key: c.label for c in table.columns}
+        lines += ["## Cell notes", ""]
+        lines += [f"- {d.label}{f' ({d.group})' if d.group else ''}, {labels[d.column]}: {d.verdict} — {d.note}"
+                  for d in notes]
+        lines.append("")
+    lines += _definitions_section(table)
+    if with_complexity:
+        lines += _complexity_section(td)
+    failed = [(rr.recipe.id if rr.recipe else k, r) for k, rr in td.runs.items() for r in rr.failed]
     if failed:
         lines += ["## Failed runs", ""]
         lines += [f"- `{rid}` seed {r.seed}: {r.failure.splitlines()[0] if r.failure else 'unknown'}"
                   for rid, r in failed]
         lines.append("")
-    rs = recipe_sets().get(table.id)
+    rs = recipe_set if recipe_set is not None else recipe_sets().get(table.id)
     lines += ["## Documented choices", ""]
-    if rs and rs.choices:
-        for c in rs.choices:
-            if isinstance(c, dict) and "field" in c:
-                lines.append(f"- **{c['field']}** = `{c.get('value')}` — {c.get('why', '')}")
-    else:
-        lines.append("- none recorded")
-    for n in table.notes:
-        lines.append(f"- Registry note: {n}")
-    ambiguous = sorted({d.label for d in diffs if d.verdict == "ambiguous"})
+    choices = [c for c in (rs.choices if rs else ()) if isinstance(c, dict) and "field" in c
+               and "tolerances" not in c]   # tolerances: stated in the legend
+    lines += [f"- **{c['field']}** = `{c.get('value')}` — {c.get('why', '')}" for c in choices] or ["- none recorded"]
+    lines += [f"- Registry note: {n}" for n in table.notes]
+    ambiguous = sorted({d.label for d in td.cells if d.verdict == "ambiguous"})
     if ambiguous:
         lines += ["", "Rows whose configuration the paper text does not determine (not run, never guessed): "
                   + ", ".join(ambiguous)]
-    not_impl = sorted({d.label for d in diffs if d.verdict == "not implemented"})
+    not_impl = sorted({d.label for d in td.cells if d.verdict == "not implemented"})
     if not_impl:
         lines += ["", "Rows without an implemented recipe (reported as not implemented, never approximated): "
                   + ", ".join(not_impl)]
@@ -143,11 +237,12 @@ def render(table: Table, profile: str, diffs: list[CellDiff], profiles=None, res
     return "\n".join(lines)
 
 
-def write_report(table: Table, profile: str, with_profile: bool = True, results_root=None) -> Path:
-    from .profile import profile_table
-
-    diffs = diff_table(table, profile, results_root=results_root)
-    profiles = profile_table(table) if with_profile else None
+def write_report(table: Table, profile: str, seeds: list[int] | None = None, results_root=None,
+                 with_complexity: bool = True, recipe_set: RecipeSet | None = None,
+                 diff: TableDiff | None = None) -> Path:
+    """Write the report of ``diff`` (computed here from the store when not given)."""
+    td = diff if diff is not None else compare_table(table, profile, seeds, results_root, recipe_set)
     path = report_path(table, profile, results_root)
-    write_text_atomic(path, render(table, profile, diffs, profiles, results_root))
+    write_text_atomic(path, render(td, recipe_set, with_complexity))
     return path
+

@@ -58,3 +58,21 @@ def test_overall_and_rounding_bound():
     assert overall([97.5, 86.02, 93.0]) == pytest.approx(92.1733, abs=1e-4)
     # f(x) = mean of 2 inputs rounded to ±0.005: bound = 0.0025 + 0.0025
     assert rounding_bound(overall, [1.0, 2.0], [0.005, 0.005]) == pytest.approx(0.005)
+
+
+def test_relative_gain_divides_by_the_magnitude_of_a_negative_baseline():
+    # higher is better, baseline −2.0, value −1.0: an improvement of 1.0 = +50 % of |−2.0|
+    # (dividing by B itself would report −50 %, i.e. a degradation)
+    assert relative_gain(MetricValue("x", -1.0, -2.0, True)) == pytest.approx(50.0)
+    # lower is better, baseline −2.0, value −1.0: worse by 50 %
+    assert relative_gain(MetricValue("x", -1.0, -2.0, False)) == pytest.approx(-50.0)
+    vals = [MetricValue("a", -1.0, -2.0, True), MetricValue("b", 60.0, 50.0, True)]   # +50, +20
+    assert delta(vals, "flat") == pytest.approx(35.0)
+
+
+def test_docstring_states_the_formula_the_code_computes():
+    import doctest
+
+    import mtlrepro.delta as delta_module
+    assert "/ |b_m|" in delta_module.__doc__ and "/ b_m " not in delta_module.__doc__
+    assert doctest.testmod(delta_module).failed == 0

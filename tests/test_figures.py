@@ -33,7 +33,7 @@ def test_figure_plot_from_stored_runs(tmp_path, tiny_env):
     pts = collect(rs, "tiny", tmp_path)
     have = {(p["x"], p["metric"]) for p in pts if p["n"] == 1}
     assert {(0.5, "fscore"), (1.0, "fscore")} <= have
-    assert (0.9, "miou") in have and (0.9, "abs_err") in have  # the Cityscapes panel
+    assert (0.9, "miou_binary") in have and (0.9, "abs_err") in have  # the Cityscapes panel
     assert all(p["n"] == 0 for p in pts if p["x"] not in (0.5, 0.9, 1.0))
     png, md = write_figure("etr_nlp/figure6", "tiny", tmp_path)
     assert png.stat().st_size > 1000

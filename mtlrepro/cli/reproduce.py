@@ -24,11 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from ..compare import diff_table
+    from ..compare import compare_table
     from ..launch import make_launcher, plan_jobs, resolve_recipes
     from ..problems.paths import data_root_or_explain
     from ..report import write_report
     from ..tables import get_table
+    from .diff import exit_code
 
     from ..recipe import recipe_sets
     rs = recipe_sets().get(args.id)
@@ -39,17 +40,16 @@ def run(args: argparse.Namespace) -> int:
     if args.profile == "full":  # fail before anything runs, with the exact layout expected
         for ds in sorted({r.dataset for r in recipes}):
             data_root_or_explain(ds, args.data_root)
-    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds))
+    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
     print(f"{table.id}: {len(todo)} runs to do, {len(done)} stored, {len(skipped)} recipes not run "
           f"(not implemented or ambiguous; profile {args.profile})", file=sys.stderr)
     if todo:
         make_launcher(args.launcher, args.device, not args.no_progress, args.workers).run(todo, args.data_root)
-    diffs = diff_table(table, args.profile, parse_seeds(args.seeds))
-    path = write_report(table, args.profile)
-    counts = Counter(d.verdict for d in diffs)
+    td = compare_table(table, args.profile, parse_seeds(args.seeds))
+    path = write_report(table, args.profile, diff=td)   # the report shows exactly the diff judged here
+    counts = Counter(d.verdict for d in td.cells)
     print(f"verdicts: {dict(counts)}\nwrote {path}")
-    fail_on = {v.strip() for v in args.fail_on.split(",") if v.strip()}
-    return 1 if any(d.verdict in fail_on for d in diffs) else 0
+    return exit_code(td.cells, args.fail_on)
 
 
 def _reproduce_figure(args: argparse.Namespace) -> int:
@@ -62,7 +62,7 @@ def _reproduce_figure(args: argparse.Namespace) -> int:
     if args.profile == "full":
         for ds in sorted({r.dataset for r in recipes if r.status == "ready"}):
             data_root_or_explain(ds, args.data_root)
-    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds))
+    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
     print(f"{args.id}: {len(todo)} runs to do, {len(done)} stored, {len(skipped)} not run (not implemented or ambiguous)", file=sys.stderr)
     if todo:
         make_launcher(args.launcher, args.device, not args.no_progress, args.workers).run(todo, args.data_root)

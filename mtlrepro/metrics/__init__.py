@@ -20,14 +20,34 @@ Conventions (details in each class docstring):
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from .classification import BinaryAccuracy, EmptyMetricWarning, MultiLabelPRF, TotalError
-from .depth import DepthErrors
-from .normals import THRESHOLDS_DEG, NormalAngles
-from .segmentation import BinaryIoUPerImage, ConfusionMatrixIoU
+    from .classification import BinaryAccuracy, EmptyMetricWarning, MultiLabelPRF, TotalError
+    from .depth import DepthErrors
+    from .normals import THRESHOLDS_DEG, NormalAngles
+    from .segmentation import BinaryIoUPerImage, ConfusionMatrixIoU
+
+# The accumulators import torch; they are loaded on first access so that the torch-free
+# ``mtlrepro.metrics.definitions`` (used by the registry and the diff) can be imported alone.
+_LAZY: dict[str, str] = {
+    "MultiLabelPRF": "classification", "BinaryAccuracy": "classification",
+    "TotalError": "classification", "EmptyMetricWarning": "classification",
+    "DepthErrors": "depth", "NormalAngles": "normals", "THRESHOLDS_DEG": "normals",
+    "ConfusionMatrixIoU": "segmentation", "BinaryIoUPerImage": "segmentation",
+}
+_METRIC_CLASSES: dict[str, str] = {
+    "multilabel_prf": "MultiLabelPRF",
+    "binary_accuracy": "BinaryAccuracy",
+    "total_error": "TotalError",
+    "confusion_miou": "ConfusionMatrixIoU",
+    "binary_iou_per_image": "BinaryIoUPerImage",
+    "depth_errors": "DepthErrors",
+    "normal_angles": "NormalAngles",
+}
 
 
 @runtime_checkable
@@ -41,15 +61,16 @@ class Accumulator(Protocol):
     def reset(self) -> None: ...
 
 
-METRICS: dict[str, type] = {
-    "multilabel_prf": MultiLabelPRF,
-    "binary_accuracy": BinaryAccuracy,
-    "total_error": TotalError,
-    "confusion_miou": ConfusionMatrixIoU,
-    "binary_iou_per_image": BinaryIoUPerImage,
-    "depth_errors": DepthErrors,
-    "normal_angles": NormalAngles,
-}
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name == "METRICS":  # short name -> accumulator class
+        value = {short: __getattr__(cls) for short, cls in _METRIC_CLASSES.items()}
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Accumulator",

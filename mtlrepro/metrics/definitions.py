@@ -181,7 +181,8 @@ define("success_rate", "RL success rate",
 
 #: The units a complexity column may declare, and what each means.
 COMPLEXITY_UNITS: dict[str, str] = {
-    "params": "learnable parameters that one task's forward pass uses (active_parameter_count(0))",
+    "params": ("learnable parameters: ETR-NLP counts those one task's forward pass uses "
+               "(active_parameter_count(0)), CoNAL and GatedMTL the whole model"),
     "MACs": "multiply-accumulates, one per multiply-add: fvcore's count, which papers often print as 'FLOPs'",
     "FLOPs": "floating-point operations = 2 x MACs",
     "FLOPs-as-printed": "printed as FLOPs; whether they are MACs or 2 x MACs is not established",

@@ -32,29 +32,35 @@ one-vs-rest task, (B, H, W) int64 class maps (-1 ignore) for multi-class segment
 once as int8 (not one float mask per class: 4 x 7 times less memory on Cityscapes) and
 expanded per batch (:class:`DenseProblem`).
 
-Evaluation (the ``val`` split, MTAN's test set) returns these keys:
+Evaluation (the ``val`` split, MTAN's test set) returns the same keys for every task set, and
+each key has one definition (:mod:`mtlrepro.metrics.definitions`), whatever the task set:
 
-* ``miou``, ``pixel_acc`` (percent). Multi-class sets: MTAN's confusion matrix over the whole
-  split (:class:`~mtlrepro.metrics.ConfusionMatrixIoU`). One-vs-rest sets: Max Roaming's
-  per-class binary IoU per image (threshold 0.5 on the sigmoid), averaged per batch, then over
-  batches, then over the class tasks; its pixel accuracy counts true negatives
-  (:class:`~mtlrepro.metrics.BinaryIoUPerImage`, ``averaging="batch"``). ETR-NLP follows Max
-  Roaming's code, so this is the primary ``miou`` of the ``mr`` sets; whether ETR-NLP's printed
-  numbers are this or a multi-class mIoU is unknown, so the one-vs-rest sets also report
-  ``miou_argmax`` / ``pixel_acc_argmax``: the confusion-matrix metrics of the argmax over the
-  stacked per-class outputs (pixels of no class are ignored).
+* ``miou``, ``pixel_acc`` (percent): MTAN's multi-class confusion matrix over the whole split
+  (:class:`~mtlrepro.metrics.ConfusionMatrixIoU`) of the argmax over the class scores - the
+  softmax outputs of a multi-class set, the stacked per-class outputs of a one-vs-rest set
+  (there pixels of no class, label -1, are ignored as in MTAN).
+* ``miou_binary``, ``pixel_acc_binary`` (percent): Max Roaming's per-class binary IoU per image,
+  averaged per batch, then over batches, then over the classes; its pixel accuracy counts true
+  negatives (:class:`~mtlrepro.metrics.BinaryIoUPerImage`, ``averaging="batch"``). Class ``c`` is
+  predicted where its one-vs-rest sigmoid is >= 0.5, or, for a multi-class output, where the
+  argmax is ``c`` (the one-hot of the argmax); ignore pixels are negatives for every class. ETR-NLP
+  follows Max Roaming's code, so this is the mIoU of its dense tables - for every row, the
+  multi-class MTAN / Cross-stitch rows included (``reproduce/recipes/etr_nlp/table6.yaml``).
 * ``abs_err``, ``rel_err`` on depth != 0 (:class:`~mtlrepro.metrics.DepthErrors`,
   ``averaging="batch"``: MTAN's and Max Roaming's per-batch mean, then the unweighted mean over
-  batches).
+  batches); ``abs_err_pooled``, ``rel_err_pooled``: over all valid pixels of the split (LibMTL,
+  CoNAL's tables).
 * NYUv2: ``mean_angle``, ``median_angle`` (degrees), ``within_11_25``, ``within_22_5``,
-  ``within_30`` (percent) (:class:`~mtlrepro.metrics.NormalAngles`, ``averaging="batch"``).
+  ``within_30`` (percent) per batch (:class:`~mtlrepro.metrics.NormalAngles`,
+  ``averaging="batch"``), and the same five with ``_pooled`` over all valid pixels (LibMTL).
 
 "Per batch" means batches of the *reference's* test loader, not of our evaluation loop: the
 evaluator regroups whatever batches it is given into consecutive groups of
 :data:`METRIC_BATCH_SIZE` samples (Max Roaming's test batch: 8 on Cityscapes, 2 on NYUv2;
 MTAN's NYUv2 test batch is 2 as well). Test loaders do not shuffle, so the groups are exactly the
-reference's batches. LibMTL (CoNAL) weights its per-batch depth/normal errors by batch size
-instead; its tables are compared under this same grouping.
+reference's batches. LibMTL (CoNAL) weights its per-batch depth errors by the batch's number of
+valid pixels and pools all normal angles, i.e. the ``_pooled`` keys, which do not depend on the
+grouping.
 """
 from __future__ import annotations
 
@@ -200,6 +206,17 @@ class _BinaryIoUExcludeEmptyBatches(BinaryIoUPerImage):
         return np.divide(100.0 * s, cnt, out=np.full_like(s, np.nan), where=cnt > 0)
 
 
+#: Keys of the segmentation metrics, per definition (see the module docstring).
+SEG_KEYS: dict[str, tuple[str, str]] = {"binary": ("miou_binary", "pixel_acc_binary"),
+                                        "confusion": ("miou", "pixel_acc")}
+
+
+def one_hot_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) class scores -> (B, C, H, W) float 0/1 masks, 1 where the class is the argmax."""
+    classes = torch.arange(scores.shape[1], device=scores.device).view(1, -1, 1, 1)
+    return (scores.argmax(1, keepdim=True) == classes).to(torch.float32)
+
+
 class DenseEvaluator:
     """Streams all tasks' outputs of the eval split into the metrics listed in the module doc.
 
@@ -223,13 +240,20 @@ class DenseEvaluator:
         self.depth_idx = next((i for i, t in enumerate(tasks) if t.kind == "depth"), None)
         self.normals_idx = next((i for i, t in enumerate(tasks) if t.kind == "normals"), None)
         self.binary: BinaryIoUPerImage | None = None
-        if self.binary_idx:
+        self.confusion: ConfusionMatrixIoU | None = None
+        if self.binary_idx or self.seg_idx is not None:
             cls = _BinaryIoUExcludeEmptyBatches if mr_empty_batches == "exclude" else BinaryIoUPerImage
-            self.binary = cls(len(self.binary_idx), threshold=0.5, from_logits=True,
-                              empty="exclude", averaging="batch")
-        self.confusion = ConfusionMatrixIoU(n_classes) if (self.binary_idx or self.seg_idx is not None) else None
-        self.depth = DepthErrors(averaging="batch") if self.depth_idx is not None else None
-        self.normals = NormalAngles(averaging="batch") if self.normals_idx is not None else None
+            # one-vs-rest outputs are logits (sigmoid >= 0.5); multi-class ones arrive as the
+            # one-hot of their argmax (>= 0.5 selects the argmax class)
+            self.binary = cls(len(self.binary_idx) or n_classes, threshold=0.5,
+                              from_logits=bool(self.binary_idx), empty="exclude", averaging="batch")
+            self.confusion = ConfusionMatrixIoU(n_classes)
+        self.depth = self.depth_pooled = None
+        if self.depth_idx is not None:
+            self.depth, self.depth_pooled = DepthErrors(averaging="batch"), DepthErrors(averaging="pooled")
+        self.normals = self.normals_pooled = None
+        if self.normals_idx is not None:
+            self.normals, self.normals_pooled = NormalAngles(averaging="batch"), NormalAngles(averaging="pooled")
         self._pending: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def update(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
@@ -252,20 +276,24 @@ class DenseEvaluator:
 
     @torch.no_grad()
     def _update_batch(self, outs: list[torch.Tensor], tgts: list[torch.Tensor]) -> None:
-        if self.binary is not None:
+        if self.binary_idx:
             logits = torch.cat([outs[i] for i in self.binary_idx], 1)
             masks = torch.cat([_as_mask(tgts[i], c) for i, c in zip(self.binary_idx, self.binary_cls)], 1)
-            self.binary.update(logits, masks)
+            self.binary.update(logits, masks)  # type: ignore[union-attr]
             positive = masks > 0.5  # one-hot: argmax is the class; no class -> ignore (-1)
             labels = torch.where(positive.any(1), masks.argmax(1),
                                  torch.full_like(positive[:, 0], -1, dtype=torch.int64))
             self.confusion.update(logits, labels)  # type: ignore[union-attr]
         if self.seg_idx is not None:
-            self.confusion.update(outs[self.seg_idx], tgts[self.seg_idx])  # type: ignore[union-attr]
+            scores, labels = outs[self.seg_idx], tgts[self.seg_idx]
+            self.binary.update(one_hot_argmax(scores), labels)  # type: ignore[union-attr]
+            self.confusion.update(scores, labels)  # type: ignore[union-attr]
         if self.depth is not None:
-            self.depth.update(outs[self.depth_idx], tgts[self.depth_idx])
+            for acc in (self.depth, self.depth_pooled):
+                acc.update(outs[self.depth_idx], tgts[self.depth_idx])
         if self.normals is not None:
-            self.normals.update(outs[self.normals_idx], tgts[self.normals_idx])
+            for acc in (self.normals, self.normals_pooled):
+                acc.update(outs[self.normals_idx], tgts[self.normals_idx])
 
     def compute(self) -> dict[str, float]:
         if self._pending is not None:
@@ -273,27 +301,40 @@ class DenseEvaluator:
             self._pending = None
         out: dict[str, float] = {}
         if self.binary is not None:
-            out.update(self.binary.compute())
-            cm = self.confusion.compute()  # type: ignore[union-attr]
-            out["miou_argmax"], out["pixel_acc_argmax"] = cm["miou"], cm["pixel_acc"]
-        elif self.confusion is not None:
-            out.update(self.confusion.compute())
+            for name, acc in (("binary", self.binary), ("confusion", self.confusion)):
+                r = acc.compute()  # type: ignore[union-attr]
+                out.update(zip(SEG_KEYS[name], (r["miou"], r["pixel_acc"])))
         if self.depth is not None:
-            d = self.depth.compute()
-            out["abs_err"], out["rel_err"] = d["abs_err"], d["rel_err"]
+            d, dp = self.depth.compute(), self.depth_pooled.compute()  # type: ignore[union-attr]
+            out.update(abs_err=d["abs_err"], rel_err=d["rel_err"],
+                       abs_err_pooled=dp["abs_err"], rel_err_pooled=dp["rel_err"])
         if self.normals is not None:
             out.update(self.normals.compute())
+            out.update({f"{k}_pooled": v for k, v in self.normals_pooled.compute().items()})  # type: ignore[union-attr]
         return out
 
 
+_NORMAL_KEYS = ("mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30")
+
+
 def metric_keys(dataset: str, task_set: str) -> list[str]:
-    """The keys :class:`DenseEvaluator` returns for this task set (the primary ones first)."""
-    keys = ["miou", "pixel_acc"]
-    if task_set.startswith("mr"):
-        keys += ["miou_argmax", "pixel_acc_argmax"]
-    keys += ["abs_err", "rel_err"]
+    """The keys :class:`DenseEvaluator` returns for this task set, the task set's primary ones
+    (:func:`primary_metric_keys`) first. The key set is the same for every task set."""
+    primary = primary_metric_keys(dataset, task_set)
+    keys = [*SEG_KEYS["binary"], *SEG_KEYS["confusion"], "abs_err", "rel_err", "abs_err_pooled",
+            "rel_err_pooled"]
     if _spec(dataset).has_normals:
-        keys += ["mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30"]
+        keys += [*_NORMAL_KEYS, *(f"{k}_pooled" for k in _NORMAL_KEYS)]
+    return primary + [k for k in keys if k not in primary]
+
+
+def primary_metric_keys(dataset: str, task_set: str) -> list[str]:
+    """The keys of the task set's own protocol: Max Roaming's binary segmentation metrics for the
+    one-vs-rest (``mr``) sets, MTAN's confusion-matrix ones for the multi-class sets; per-batch
+    depth and normal errors for both (MTAN and Max Roaming average per batch)."""
+    keys = list(SEG_KEYS["binary" if task_set.startswith("mr") else "confusion"]) + ["abs_err", "rel_err"]
+    if _spec(dataset).has_normals:
+        keys += list(_NORMAL_KEYS)
     return keys
 
 
@@ -394,8 +435,7 @@ def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | No
 
     metric_batch = METRIC_BATCH_SIZE[dataset]
     empty = MR_EMPTY_BATCHES[dataset]
-    keys = metric_keys(dataset, recipe.task_set)
-    primary = [k for k in keys if not k.endswith("_argmax")]
+    primary = primary_metric_keys(dataset, recipe.task_set)
     return DenseProblem(
         name=f"{dataset}/{recipe.task_set}", task_names=[t.name for t in tasks],
         out_dims=[t.out_dim for t in tasks], input_shape=(3, *hw),
@@ -404,9 +444,8 @@ def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | No
                    "synthetic": synthetic, "dataset": dataset, "task_set": recipe.task_set,
                    "layout": train.layout, "native_hw": list(spec.hw), "input_hw": list(hw),
                    "source_dtypes": train.source_dtypes, "metric_batch_size": metric_batch,
-                   "segmentation_metric": ("max_roaming_binary_iou (miou) + confusion argmax "
-                                           "(miou_argmax)" if recipe.task_set.startswith("mr")
-                                           else "mtan_confusion_matrix")},
+                   "segmentation_metric": ("miou_binary: Max Roaming's binary IoU per image; miou: "
+                                           "MTAN's confusion matrix of the argmax")},
         prepare=prepare, task_loss=task_loss,
         new_evaluator=lambda: DenseEvaluator(tasks, spec.n_classes, metric_batch, empty),
         primary_metrics=primary, batch_targets=batch_targets,

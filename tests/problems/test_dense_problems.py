@@ -11,8 +11,9 @@ from mtlrepro.data import DataError
 from mtlrepro.metrics import BinaryIoUPerImage
 from mtlrepro.problems import build_problem, problem_shape
 from mtlrepro.problems.dense import (DenseEvaluator, DenseTask, binary_seg_loss, dense_tasks,
-                                     depth_loss, metric_keys, normals_loss, seg_loss)
-from mtlrepro.problems.paths import EXPECTED
+                                     depth_loss, metric_keys, normals_loss, primary_metric_keys,
+                                     seg_loss)
+from mtlrepro.problems.paths import expected_layout
 from mtlrepro.recipe import Recipe
 from mtlrepro.registry import UnknownKeyError
 
@@ -101,9 +102,11 @@ def test_tiny_problem_batches_losses_and_metric_keys(problems, key):
     for xb, tb in p.eval_batches(3):  # batches that do not align with the metric batches
         ev.update([torch.randn(xb.shape[0], d, *hw) for d in p.out_dims], tb)
     res = ev.compute()
-    assert list(res) == metric_keys(dataset, task_set)
+    assert sorted(res) == sorted(metric_keys(dataset, task_set))
     assert all(math.isfinite(v) for v in res.values())
-    assert p.primary_metrics == [k for k in res if not k.endswith("_argmax")]
+    primary = primary_metric_keys(dataset, task_set)
+    assert p.primary_metrics == primary == metric_keys(dataset, task_set)[:len(primary)]
+    assert primary[0] == ("miou_binary" if task_set.startswith("mr") else "miou")
 
 
 def test_mr_targets_share_one_label_map_and_ignore_is_negative(problems):
@@ -129,7 +132,7 @@ def test_full_profile_errors(monkeypatch, tmp_path):
     monkeypatch.delenv("MTLREPRO_DATA", raising=False)
     with pytest.raises(DataError) as e:
         build_problem(recipe("nyuv2", "mr15", 288), "full", None, CPU)
-    assert EXPECTED["nyuv2"] in str(e.value) and "--profile tiny" in str(e.value)
+    assert expected_layout("nyuv2") in str(e.value) and "--profile tiny" in str(e.value)
     with pytest.raises(DataError, match="Expected MTAN's preprocessed Cityscapes"):
         build_problem(recipe("cityscapes", "mr8", 128), "full", str(tmp_path), CPU)
     with pytest.raises(ValueError, match="set image_size: 128"):
@@ -227,11 +230,15 @@ def test_perfect_predictions_score_perfectly(mr):
     ev = DenseEvaluator(tasks, c, metric_batch=4)
     ev.update(outs, tgts)
     res = ev.compute()
-    assert res["miou"] == pytest.approx(100) and res["pixel_acc"] == pytest.approx(100)
-    if mr:
-        assert res["miou_argmax"] == pytest.approx(100) and res["pixel_acc_argmax"] == pytest.approx(100)
-    assert res["abs_err"] == 0 and res["rel_err"] == 0
-    assert res["mean_angle"] == pytest.approx(0, abs=0.05) and res["within_11_25"] == 100
+    for key in ("miou", "pixel_acc") + (("miou_binary", "pixel_acc_binary") if mr else ()):
+        assert res[key] == pytest.approx(100), key
+    if not mr:  # a multi-class argmax names a class at the ignore pixels: binary false positives
+        assert 50 < res["miou_binary"] < 100 and 50 < res["pixel_acc_binary"] < 100
+    for key in ("abs_err", "rel_err", "abs_err_pooled", "rel_err_pooled"):
+        assert res[key] == 0, key
+    for key in ("mean_angle", "mean_angle_pooled", "median_angle_pooled"):
+        assert res[key] == pytest.approx(0, abs=0.05), key
+    assert res["within_11_25"] == res["within_11_25_pooled"] == 100
 
 
 @pytest.mark.parametrize("mr", [True, False])
@@ -255,8 +262,53 @@ def test_metric_batches_do_not_depend_on_the_callers_batches(mr):
         ref = BinaryIoUPerImage(c, from_logits=True, averaging="batch")
         for lo in range(0, n, 4):
             ref.update(torch.cat(outs[:c], 1)[lo:lo + 4], labels[lo:lo + 4])
-        assert results[0]["miou"] == pytest.approx(ref.compute()["miou"])
-        assert results[0]["pixel_acc"] == pytest.approx(ref.compute()["pixel_acc"])
+        assert results[0]["miou_binary"] == pytest.approx(ref.compute()["miou"])
+        assert results[0]["pixel_acc_binary"] == pytest.approx(ref.compute()["pixel_acc"])
+
+
+def _one_hot_outputs(scores: torch.Tensor) -> list[torch.Tensor]:
+    """One-vs-rest logits that decide exactly what the argmax of ``scores`` decides."""
+    hot = F.one_hot(scores.argmax(1), scores.shape[1]).permute(0, 3, 1, 2).float()
+    return [(hot[:, k:k + 1] * 2 - 1) * 20 for k in range(scores.shape[1])]
+
+
+@pytest.mark.parametrize("c,empty,normals", [(3, "zero", False), (4, "exclude", True)])
+def test_a_key_means_the_same_on_multi_class_and_one_vs_rest_sets(c, empty, normals):
+    """The same per-pixel decisions through a multi-class (MTAN) task set and a one-vs-rest
+    (Max Roaming) one give the same value under every key: no key changes its definition with
+    the task set (before: ``miou`` was the binary IoU on one and the confusion matrix on the other)."""
+    n = 9
+    labels, depth, normals_t = _random_targets(n, c, seed=3)
+    g = torch.Generator().manual_seed(7)
+    scores = torch.randn(n, c, 6, 7, generator=g)
+    rest = [torch.rand(n, 1, 6, 7, generator=g)] + ([torch.randn(n, 3, 6, 7, generator=g)] if normals else [])
+    rest_t = [depth] + ([normals_t] if normals else [])
+    masks = [(labels == k).unsqueeze(1).float() for k in range(c)]
+    std = DenseEvaluator(_tasks(c, False, normals), c, metric_batch=4, mr_empty_batches=empty)
+    std.update([scores] + rest, [labels] + rest_t)
+    mr = DenseEvaluator(_tasks(c, True, normals), c, metric_batch=4, mr_empty_batches=empty)
+    mr.update(_one_hot_outputs(scores) + rest, masks + rest_t)
+    a, b = std.compute(), mr.compute()
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-12), key
+    assert a["miou"] != pytest.approx(a["miou_binary"])  # two definitions, two numbers
+
+
+def test_multi_class_binary_iou_by_hand():
+    """One image, classes 0/1, labels [0, 0, 1, -1], argmax [0, 1, 1, 0].
+    Binary (ignore = negative for every class): class 0 predicted {0, 3} vs true {0, 1} -> 1/3;
+    class 1 predicted {1, 2} vs true {2} -> 1/2; correct decisions 2/4 and 3/4.
+    Confusion matrix over the 3 labelled pixels: IoU 1/2 and 1/2, accuracy 2/3."""
+    labels = torch.tensor([[[0, 0, 1, -1]]])
+    scores = torch.tensor([[[[2.0, 0.0, 0.0, 1.0]], [[1.0, 1.0, 3.0, 0.0]]]])
+    ev = DenseEvaluator(_tasks(2, False, False), 2, metric_batch=8)
+    ev.update([scores, torch.ones(1, 1, 1, 4)], [labels, torch.ones(1, 1, 1, 4)])
+    res = ev.compute()
+    assert res["miou_binary"] == pytest.approx(100 * (1 / 3 + 1 / 2) / 2)
+    assert res["pixel_acc_binary"] == pytest.approx(100 * (2 / 4 + 3 / 4) / 2)
+    assert res["miou"] == pytest.approx(50.0)
+    assert res["pixel_acc"] == pytest.approx(100 * 2 / 3)
 
 
 def test_nyuv2_leaves_out_batches_where_a_class_never_appears():
