@@ -55,7 +55,7 @@ Choices where the paper is silent (and why):
   ``gcd(groups, in_ch, out_ch)`` is used and stored in ``NLPBlock.groups``. The paper's
   pseudocode uses ``groups=C_in`` (one output per group), which cannot produce ``C_out != C_in``
   channels and would give ResNet18 ~0.3M parameters, far from the published 2.05M / 8.0M; the
-  layouts are therefore a keyword argument (see ``sharing.etr_nlp.search_nlp_layouts``).
+  layouts are therefore a keyword argument (see ``mtlrepro.fit.nlp_layouts.search_nlp_layouts``).
 
 Primitive specs are strings ``"avg:k=9"``, ``"conv:k=3,e=2,sparsity=0.5"``, ``"noise:level=0.1"``,
 dicts ``{"type": "avg", "kernel_size": 9}`` or tuples ``("avg", {"k": 9})``; ``k`` and ``e`` are
@@ -75,7 +75,8 @@ from mtlrepro.registry import Registry
 
 __all__ = [
     "Primitive", "AvgPool", "MaxPool", "FixedConv", "Shift", "Perturb", "NLPBlock", "PRIMITIVES",
-    "parse_prim", "build_primitive", "derive_seed", "PRIMITIVE_TYPES",
+    "parse_prim", "build_primitive", "derive_seed", "seeded_keys", "seeded_subset", "seeded_index",
+    "PRIMITIVE_TYPES",
 ]
 
 PRIMITIVES: Registry[type["Primitive"]] = Registry("non-learnable primitive")
@@ -83,14 +84,53 @@ PRIMITIVE_TYPES = ("avg", "max", "conv", "shift", "noise")
 _ALIASES = {"k": "kernel_size", "e": "expansion", "s": "sparsity", "d": "dilation"}
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (numpy SeedSequence), independent of global RNG."""
+def _seed_words(parts: Sequence[int]) -> list[int]:
     words: list[int] = []
     for p in parts:  # SeedSequence wants non-negative 32-bit words: split each int in two
         p = int(p) & 0xFFFF_FFFF_FFFF_FFFF
         words += [p & 0xFFFFFFFF, p >> 32]
-    state = np.random.SeedSequence(words).generate_state(2, np.uint32)
+    return words
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (numpy SeedSequence), independent of global RNG."""
+    state = np.random.SeedSequence(_seed_words(parts)).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+# Discrete draws (which units, which index) are defined by SeedSequence's hash, not by a numpy
+# ``Generator`` method: numpy keeps a Generator's stream only "on the same build of numpy ... on
+# the same machine" (numpy.random compatibility policy; NEP 19 lets methods such as ``choice`` and
+# ``integers`` change algorithm between releases), while ``SeedSequence.generate_state`` is the
+# fixed hash (O'Neill's seed_seq design) that every seeded BitGenerator starts from.
+def seeded_keys(n: int, *parts: int) -> np.ndarray:
+    """``n`` uint64 keys, a fixed function of the integers ``parts`` (SeedSequence's hash)."""
+    return np.random.SeedSequence(_seed_words(parts)).generate_state(int(n), np.uint64)
+
+
+def seeded_subset(pool: Sequence[int] | np.ndarray, k: int, *parts: int) -> np.ndarray:
+    """``k`` distinct elements of ``pool``, uniform over its k-subsets: the elements whose keys
+    (:func:`seeded_keys` of ``parts``, one per element) are the ``k`` smallest, in key order.
+    i.i.d. keys make every order of the pool equally likely, so its first ``k`` are a uniform
+    k-subset; equal 64-bit keys (probability ~n^2 / 2^65) fall back to pool order."""
+    pool = np.asarray(pool)
+    if not 0 <= k <= pool.size:
+        raise ValueError(f"cannot draw {k} of {pool.size} elements")
+    return pool[np.argsort(seeded_keys(pool.size, *parts), kind="stable")[:k]]
+
+
+def seeded_index(n: int, *parts: int) -> int:
+    """An index in ``range(n)``, uniform: the position of the smallest of ``n`` keys."""
+    if n < 1:
+        raise ValueError(f"cannot draw an index of an empty range (n={n})")
+    return int(np.argmin(seeded_keys(n, *parts)))
+
+
+def _randn_float32(g: torch.Generator, *shape: int) -> Tensor:
+    """N(0, 1) in float32, the same on every CPU: drawn in float64 and rounded. (float32
+    ``torch.randn`` on CPU takes an AVX2 Box-Muller kernel or the scalar one by
+    ``ATEN_CPU_CAPABILITY``, whose results differ in the last bits.)"""
+    return torch.randn(*shape, generator=g, dtype=torch.float64).float()
 
 
 class Primitive(nn.Module):
@@ -174,13 +214,13 @@ class FixedConv(Primitive):
         fan_in = cin * k * k
         nnz = max(1, int(round((1.0 - self.sparsity) * fan_in)))
         g = torch.Generator().manual_seed(int(seed))
-        order = torch.rand(n_out, fan_in, generator=g).argsort(dim=1)
+        order = torch.rand(n_out, fan_in, generator=g).argsort(dim=1, stable=True)  # ties: index order
         support = torch.zeros(n_out, fan_in)
         support.scatter_(1, order[:, :nnz], 1.0)
         if self.binary:
             values = torch.randint(0, 2, (n_out, fan_in), generator=g).float() * 2 - 1
         else:
-            values = torch.randn(n_out, fan_in, generator=g)
+            values = _randn_float32(g, n_out, fan_in)
         self.register_buffer("weight", (values * support).view(n_out, cin, k, k))
         s = 1.0 / math.sqrt(nnz) if scale == "auto" else float(scale)
         self.register_buffer("scale", torch.tensor(s))
@@ -261,7 +301,7 @@ class Perturb(Primitive):
         if self.distribution == "uniform":
             unit = (torch.rand(n, h, w, generator=g) * 2 - 1) * math.sqrt(3.0)
         else:
-            unit = torch.randn(n, h, w, generator=g)
+            unit = _randn_float32(g, n, h, w)
         return unit * self._level
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,12 +1,15 @@
 """Batched task passes (``forward_tasks`` / ``forward_all`` / the synchronized step) equal the
 per-task loop: outputs, gradients of the summed task losses, BN running statistics, masks.
 
-Small models (ResNet18 at ``width_mult=0.25``, 32x32 inputs, 5 tasks) keep the file fast; the
-float64 variants show the batched computation is the loop's up to rounding (agreement to
-1e-9), the float32 ones check the tolerances used in practice (eval outputs atol 1e-5,
-gradients rtol 1e-4). Training comparisons use 8 images: with 4, ResNet18's last stage
-normalises 4 values per channel at 32x32 and float32 rounding differences (different conv
-blockings for different batch sizes) grow to ~3e-4 in the gradients; with 8 they stay <= 2e-5.
+Small models (ResNet18 at ``width_mult=0.25``, 32x32 inputs, 5 tasks) keep the file fast.
+Every comparison runs in float64 (models ``.double()``, float64 inputs) and asks for agreement
+to rounding (``RTOL`` = 1e-9): the batched pass is the loop's computation, so anything beyond
+float64 rounding is a bug. Not float32: its SIMD kernels round differently for the batched
+``(T*B, ...)`` and the looped ``(B, ...)`` shapes, by an amount that depends on the CPU and
+``ATEN_CPU_CAPABILITY`` (measured on an AVX-512 CPU: the ETR-NLP ``prims`` stride variant's stem
+gradient was within rtol 1e-4 of the loop under ``default`` and beyond it under ``avx2`` and
+``avx512``), so a float32 equality test passes or fails by machine. Only the bf16 autocast test
+runs in reduced precision, on outputs, with a bf16-sized tolerance.
 """
 from __future__ import annotations
 
@@ -17,14 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlrepro.methods import build_weighting
 from mtlrepro.models import BACKBONES, build_model
-from mtlrepro.models.base import (Backbone, ConvSpec, channels_to_tasks, grouped_batch_norm,
-                                  per_task_batch_norm, task_chunks, tasks_to_channels)
+from mtlrepro.models.backbones import Backbone
+from mtlrepro.models.batched import (channels_to_tasks, grouped_batch_norm, per_task_batch_norm, task_chunks,
+                                     tasks_to_channels)
+from mtlrepro.models.units import ConvSpec
 from mtlrepro.models.primitives import Perturb
 from mtlrepro.models.sharing.task_routing import MaskedUnit, TaskRouting
 from mtlrepro.train.steps import STEPS
 
 DIMS = [3, 1, 2, 1, 2]
+RTOL, ATOL = 1e-9, 1e-10  # float64: the batched pass equals the loop up to rounding
 SMALL = {"width_mult": 0.25}
 # every task-conditional scheme, with the variants that take other code paths
 VARIANTS = {
@@ -40,11 +47,15 @@ VARIANTS = {
 }
 
 
-def _build(name: str, backbone: str = "resnet18", dims=DIMS, **extra) -> nn.Module:
+def _build(name: str, backbone: str = "resnet18", dims=DIMS, dtype=torch.float64, **extra) -> nn.Module:
     scheme, kw = VARIANTS[name]
     torch.manual_seed(0)
     bkw = dict(SMALL) if backbone == "resnet18" else {}
-    return build_model(backbone, scheme, dims, **kw, **bkw, **extra)
+    return build_model(backbone, scheme, dims, **kw, **bkw, **extra).to(dtype)
+
+
+def _randn(*shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
 
 def _bns(m: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -69,25 +80,24 @@ def _loss(outs, targets) -> torch.Tensor:
     return sum(F.binary_cross_entropy_with_logits(o, y) * (i + 1) for i, (o, y) in enumerate(zip(outs, targets)))
 
 
-def _targets(batch: int, dims=DIMS, dtype=torch.float32):
+def _targets(batch: int, dims=DIMS, dtype=torch.float64):
     g = torch.Generator().manual_seed(1)
     return [torch.randint(0, 2, (batch, d), generator=g).to(dtype) for d in dims]
 
 
-def _assert_grads_close(a: nn.Module, b: nn.Module, rtol: float) -> None:
-    """Elementwise ``rtol``, with an absolute floor of ``rtol`` times the parameter's largest
-    gradient, and of 1e-5 times the model's largest gradient: a conv bias right before a
-    training-mode BatchNorm has gradient zero up to rounding (~1e-6 of the largest here)."""
+def _assert_grads_close(a: nn.Module, b: nn.Module, rtol: float = RTOL) -> None:
+    """Elementwise ``rtol``, with an absolute floor of ``rtol`` times the model's largest
+    gradient: a conv bias right before a training-mode BatchNorm has gradient zero up to rounding."""
     top = max(p.grad.abs().max().item() for p in a.parameters() if p.grad is not None)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is None:
             continue
-        atol = max(rtol * p.grad.abs().max().item(), 1e-5 * top)
+        atol = rtol * top
         torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=atol, msg=name)
 
 
-def _assert_buffers_close(a: nn.Module, b: nn.Module, rtol: float) -> None:
+def _assert_buffers_close(a: nn.Module, b: nn.Module, rtol: float = RTOL) -> None:
     for (name, p), q in zip(a.named_buffers(), b.buffers()):
         if p.is_floating_point():
             torch.testing.assert_close(q, p, rtol=rtol, atol=rtol * 1e-2, msg=name)
@@ -95,12 +105,13 @@ def _assert_buffers_close(a: nn.Module, b: nn.Module, rtol: float) -> None:
             assert torch.equal(p, q), name
 
 
-def _train_compare(a: nn.Module, x: torch.Tensor, dtype=torch.float32, rtol=1e-4, out_atol=1e-5):
-    """Loop on ``a``, batched on a copy: outputs, gradients, buffers."""
+def _train_compare(a: nn.Module, x: torch.Tensor, rtol=RTOL, out_atol=ATOL):
+    """Loop on ``a``, batched on a copy: outputs, gradients, buffers (all in float64)."""
+    assert x.dtype == torch.float64 and all(p.dtype == torch.float64 for p in a.parameters())
     b = copy.deepcopy(a)
     assert b.supports_batched_tasks
     a.train(), b.train()
-    ys = _targets(x.shape[0], a.out_dims, dtype)
+    ys = _targets(x.shape[0], a.out_dims)
     la = [a(x, task=t) for t in range(a.n_tasks)]
     _loss(la, ys).backward()
     lb = b.forward_tasks(x, list(range(b.n_tasks)))
@@ -116,7 +127,7 @@ def _train_compare(a: nn.Module, x: torch.Tensor, dtype=torch.float32, rtol=1e-4
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_eval_outputs_equal_loop(name):
     m = _build(name)
-    x = torch.randn(4, 3, 32, 32)
+    x = _randn(4, 3, 32, 32)
     _calibrate(m, x)
     m.eval()
     with torch.no_grad():
@@ -124,30 +135,25 @@ def test_eval_outputs_equal_loop(name):
         batched = m.forward_all(x, task_chunk=0)
     assert [o.shape for o in batched] == [(4, d) for d in DIMS]
     for oa, ob in zip(loop, batched):
-        torch.testing.assert_close(ob, oa, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ob, oa, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("batch", [4, 8])  # 4: ResNet18's last stage normalises 4 values per channel
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_train_outputs_gradients_running_stats_equal_loop(name):
+def test_train_outputs_gradients_running_stats_equal_loop(name, batch):
     m = _build(name)
-    _train_compare(m, torch.randn(8, 3, 32, 32))
-
-
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_float64_batched_is_the_loop_up_to_rounding(name):
-    m = _build(name).double()
-    _train_compare(m, torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.float64, rtol=1e-9, out_atol=1e-10)
+    _train_compare(m, _randn(batch, 3, 32, 32))
 
 
 def test_subset_of_tasks_in_any_order():
     m = _build("etr_nlp")
-    x = torch.randn(4, 3, 32, 32)
+    x = _randn(4, 3, 32, 32)
     _calibrate(m, x)
     m.eval()
     with torch.no_grad():
         outs = m.forward_tasks(x, [4, 1, 2])
         for t, o in zip([4, 1, 2], outs):
-            torch.testing.assert_close(o, m(x, task=t), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(o, m(x, task=t), rtol=RTOL, atol=ATOL)
     with pytest.raises(ValueError):
         m.forward_tasks(x, [1, 1])
     with pytest.raises(IndexError):
@@ -157,20 +163,20 @@ def test_subset_of_tasks_in_any_order():
 def test_channels_last_model():
     for name in ("max_roaming", "etr_nlp", "attentive_block_task_bn"):
         m = _build(name)
-        x = torch.randn(4, 3, 32, 32)
+        x = _randn(4, 3, 32, 32)
         _calibrate(m, x)
         m = m.to(memory_format=torch.channels_last).eval()
         xc = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             for t, o in enumerate(m.forward_all(xc, task_chunk=0)):
-                torch.testing.assert_close(o, m(xc, task=t), rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(o, m(xc, task=t), rtol=RTOL, atol=ATOL)
 
 
 def test_bf16_autocast_outputs():
     """The trainer's ``amp`` option: outputs agree under CPU bf16 autocast (gradients there are
     dominated by bf16 rounding for loop and batched alike, so only outputs are compared)."""
     for name in ("max_roaming", "etr_nlp"):
-        m = _build(name)
+        m = _build(name, dtype=torch.float32)
         x = torch.randn(8, 3, 32, 32)
         _calibrate(m, x)
         m.train()
@@ -189,14 +195,14 @@ def test_max_roaming_after_roaming_updates():
     for _ in range(3):
         assert m.roam() > 0
     assert any(not torch.equal(p, q) for p, q in zip(before, m.masks()))
-    x = torch.randn(8, 3, 32, 32)
+    x = _randn(8, 3, 32, 32)
     b = _train_compare(m, x)
     assert all(torch.equal(p, q) for p, q in zip(m.masks(), b.masks()))
     _calibrate(b, x)
     b.eval()
     with torch.no_grad():
         for t, o in enumerate(b.forward_all(x, task_chunk=0)):
-            torch.testing.assert_close(o, b(x, task=t), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(o, b(x, task=t), rtol=RTOL, atol=ATOL)
 
 
 class _Problem:
@@ -213,12 +219,13 @@ def _sync_steps(m: nn.Module, chunk, steps: int = 2) -> tuple[nn.Module, list[fl
     m = copy.deepcopy(m).train()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
     step = STEPS.get("synchronized")
+    weighting = build_weighting("equal", m.n_tasks)  # sum of the task losses
     g = torch.Generator().manual_seed(3)
     losses = []
     for s in range(steps):
-        x = torch.randn(8, 3, 32, 32, generator=g)
+        x = _randn(8, 3, 32, 32, generator=g)
         m.on_train_step(s, 2)  # MaxRoaming below: roams at every s > 0
-        losses.append(float(step(m, None, opt, _Problem(m.out_dims), x, _targets(8, m.out_dims), task_chunk=chunk)))
+        losses.append(float(step(m, weighting, opt, _Problem(m.out_dims), x, _targets(8, m.out_dims), task_chunk=chunk)))
     return m, losses
 
 
@@ -230,27 +237,27 @@ def test_synchronized_step_loop_batched_chunked_agree(name):
     ref, lref = _sync_steps(m, chunk=1)          # the per-task loop
     for chunk in (0, 2):                          # all tasks in one pass; chunks of 2 (2 + 2 + 1)
         got, lgot = _sync_steps(m, chunk=chunk)
-        assert lgot == pytest.approx(lref, rel=1e-4)
+        assert lgot == pytest.approx(lref, rel=RTOL)
         for (name_, p), q in zip(ref.named_parameters(), got.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name_)
-        _assert_buffers_close(ref, got, 1e-4)
+            torch.testing.assert_close(q, p, rtol=RTOL, atol=ATOL, msg=name_)
+        _assert_buffers_close(ref, got)
     if name == "max_roaming":
         assert int(ref.roam_updates) == 1 and int(got.roam_updates) == 1
 
 
 def test_chunked_forward_all_equals_unchunked(monkeypatch):
     m = _build("etr")
-    x = torch.randn(4, 3, 32, 32)
+    x = _randn(4, 3, 32, 32)
     _calibrate(m, x)
     m.eval()
     with torch.no_grad():
         full = m.forward_all(x, task_chunk=0)
         for chunk in (1, 2, 3):
             for a, b in zip(full, m.forward_all(x, task_chunk=chunk)):
-                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
         monkeypatch.setenv("MTLREPRO_TASK_CHUNK", "2")
         for a, b in zip(full, m.forward_all(x)):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
 
 
 def test_task_chunks_option(monkeypatch):
@@ -272,35 +279,36 @@ def test_task_chunks_option(monkeypatch):
 def test_grouped_batch_norm_equals_sequential_passes(kw):
     torch.manual_seed(0)
     n, B, C = 4, 3, 5
-    a = nn.BatchNorm2d(C, **kw)
+    a = nn.BatchNorm2d(C, **kw).double()
     if a.running_mean is not None:
         a.running_mean.uniform_(-1, 1), a.running_var.uniform_(0.5, 2)
         a.num_batches_tracked.fill_(3)
     if a.weight is not None:
         nn.init.uniform_(a.weight), nn.init.uniform_(a.bias)
     b = copy.deepcopy(a)
-    x = torch.randn(n * B, C, 4, 4) * torch.arange(1, n + 1).repeat_interleave(B)[:, None, None, None]
+    x = _randn(n * B, C, 4, 4) * torch.arange(1, n + 1).repeat_interleave(B)[:, None, None, None]
     loop = torch.cat([a(xi) for xi in x.chunk(n)])
     grouped = grouped_batch_norm(b, x, n)
-    torch.testing.assert_close(grouped, loop, rtol=1e-5, atol=1e-6)
-    _assert_buffers_close(a, b, 1e-5)
+    torch.testing.assert_close(grouped, loop, rtol=RTOL, atol=ATOL)
+    _assert_buffers_close(a, b)
     a.eval(), b.eval()
-    torch.testing.assert_close(grouped_batch_norm(b, x, n), torch.cat([a(xi) for xi in x.chunk(n)]))
+    torch.testing.assert_close(grouped_batch_norm(b, x, n), torch.cat([a(xi) for xi in x.chunk(n)]),
+                               rtol=RTOL, atol=ATOL)
 
 
 def test_per_task_batch_norm_and_layouts():
     torch.manual_seed(0)
     n, B, C = 3, 4, 2
-    bns = [nn.BatchNorm2d(C, momentum=m) for m in (0.1, 0.1, 0.1)]
+    bns = [nn.BatchNorm2d(C, momentum=m).double() for m in (0.1, 0.1, 0.1)]
     for bn in bns:
         nn.init.uniform_(bn.weight)
     ref = copy.deepcopy(bns)
-    x = torch.randn(n * B, C, 3, 3)
+    x = _randn(n * B, C, 3, 3)
     assert torch.equal(channels_to_tasks(tasks_to_channels(x, n), n), x)
     y = channels_to_tasks(per_task_batch_norm(bns, tasks_to_channels(x, n)), n)
-    torch.testing.assert_close(y, torch.cat([bn(xi) for bn, xi in zip(ref, x.chunk(n))]))
+    torch.testing.assert_close(y, torch.cat([bn(xi) for bn, xi in zip(ref, x.chunk(n))]), rtol=RTOL, atol=ATOL)
     for p, q in zip(ref, bns):
-        _assert_buffers_close(p, q, 1e-6)
+        _assert_buffers_close(p, q)
 
 
 def test_perturb_noise_same_for_every_task_copy():
@@ -352,31 +360,26 @@ def toy_backbone():
 @pytest.mark.parametrize("name", ["max_roaming", "attentive_block_task_bn", "etr", "etr_nlp"])
 def test_other_backbone(name, toy_backbone):
     m = _build(name, backbone=toy_backbone)
-    _train_compare(m, torch.randn(8, 3, 12, 12))
+    _train_compare(m, _randn(8, 3, 12, 12))
 
 
 @pytest.mark.skipif("vgg16" not in BACKBONES, reason="no vgg16 backbone registered")
 @pytest.mark.parametrize("name", ["task_routing", "etr_nlp"])
 def test_vgg16_with_batch_norm(name):
     m = _build(name, backbone="vgg16", dims=[1, 2, 1], width_mult=0.125, batch_norm=True)
-    _train_compare(m, torch.randn(8, 3, 64, 64))
+    _train_compare(m, _randn(8, 3, 64, 64))
 
 
 @pytest.mark.skipif("segnet" not in BACKBONES, reason="no segnet backbone registered")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", ["max_roaming", "etr_nlp"])
-def test_segnet_dense_heads(name, dtype):
+def test_segnet_dense_heads(name):
     """Max-unpooling with indices, feature maps into per-task conv heads (run task by task).
-    Dense outputs reach |y| ~ 10, so float32 tolerances scale with the output (3e-5 of it: the
-    NLP blocks' channels-last CPU kernels pick different blockings for B and 3B rows, measured
-    1.5e-5 of the output in the worst of 8192 elements).
-    Gradients are compared in float64 only: for ETR-NLP on this small SegNet some float32
-    gradients are ill-conditioned - the LOOP's own float32 gradients are 7e-3 (oneDNN convs) to
-    1.4e-1 (native convs) from float64 in the worst element - so batched-vs-loop in float32 says
-    nothing; in float64 they agree to 1e-9."""
-    tol = 1e-4 if dtype == torch.float32 else 1e-9
-    m = _build(name, backbone="segnet", dims=[2, 1, 3], width_mult=0.125).to(dtype)
-    x = torch.randn(8, 3, 32, 32, dtype=dtype)
+    Dense outputs reach |y| ~ 10, so the output tolerance scales with the output. (In float32
+    this comparison says nothing about the batched pass: for ETR-NLP on this small SegNet the
+    LOOP's own float32 gradients are 7e-3 (oneDNN convs) to 1.4e-1 (native convs) from float64
+    in the worst element.)"""
+    m = _build(name, backbone="segnet", dims=[2, 1, 3], width_mult=0.125)
+    x = _randn(8, 3, 32, 32)
     b = copy.deepcopy(m)
     m.train(), b.train()
     la = [m(x, task=t) for t in range(3)]
@@ -384,12 +387,11 @@ def test_segnet_dense_heads(name, dtype):
     scale = max(o.abs().max().item() for o in la)
     for oa, ob in zip(la, lb):
         assert ob.shape == oa.shape == (8, oa.shape[1], 32, 32)
-        torch.testing.assert_close(ob, oa, rtol=tol, atol=0.3 * tol * scale)
+        torch.testing.assert_close(ob, oa, rtol=RTOL, atol=RTOL * scale)
     sum((o * o).mean() for o in la).backward()
     sum((o * o).mean() for o in lb).backward()
-    if dtype == torch.float64:
-        _assert_grads_close(m, b, tol)
-    _assert_buffers_close(m, b, tol)
+    _assert_grads_close(m, b)
+    _assert_buffers_close(m, b)
 
 
 class _LoopOnlyUnit(MaskedUnit):

@@ -8,7 +8,6 @@ import torch
 from mtlrepro.models import build_model, count_parameters
 from mtlrepro.models.primitives import NLPBlock
 from mtlrepro.models.sharing.etr import ETRUnit
-from mtlrepro.models.sharing.etr_nlp import search_nlp_layouts
 from mtlrepro.models.sharing.task_routing import MaskedUnit, init_routing_mask, n_active_units
 
 GROUPS8 = [9, 5, 9, 4, 2, 5, 2, 4]
@@ -19,7 +18,6 @@ ENC = 11_176_512
 HEAD0 = {8: 512 * 9 + 9, 40: 512 + 1}  # task 0's head
 
 _CACHE: dict = {}
-
 
 
 def model(scheme: str, n: int, **kw):
@@ -266,15 +264,6 @@ def test_etr_nlp_structure():
     assert all(b.E == 6 and b.groups == 1 for b in (u.shared for u in nlp))
     fixed = [k for k in m.state_dict() if ".prims." in k]
     assert fixed and all(k not in dict(m.named_parameters()) for k in fixed)
-
-
-def test_search_nlp_layouts_prefers_default_ratio():
-    cands = [(("avg:k=9", "conv:k=3", "noise"), 2),
-             (("avg:k=5", "avg:k=9", "conv:k=3,e=2", "noise:e=2"), 1),
-             (("avg:k=5", "avg:k=9", "conv:k=3,e=2", "noise:e=2", "max:k=3"), 1)]
-    rows = search_nlp_layouts(candidates=cands)
-    assert rows[0]["ratio"] == 6 and rows[0]["params"] == 7_885_449
-    assert [r["ratio"] for r in rows] == [6, 7, 1.5]
 
 
 def test_attentive_variants():

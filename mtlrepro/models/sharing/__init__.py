@@ -1,12 +1,22 @@
-"""Sharing schemes: each module registers its MTLModel subclass in ``SHARING``."""
+"""Sharing schemes: each module registers its MTLModel subclass in ``SHARING``.
+
+Unit-wise (every conv of the backbone becomes the scheme's conv unit): ``hard_sharing``,
+``task_routing``, ``max_roaming``, ``attentive``, ``etr``, ``etr_nlp``, ``nlp``, ``conv_alt``.
+Stage-wise (read the backbone's stages, :class:`~mtlrepro.models.backbones.StagedBackbone`):
+``mtan``, ``cross_stitch``. Independent networks: ``single_task``.
+"""
 from . import (attentive, conv_alternatives, cross_stitch, etr, etr_nlp, hard_sharing, max_roaming,  # noqa: F401
                mtan, single_task, task_routing)  # (each module registers its scheme)
 from .attentive import Attentive
+from .conv_alternatives import ConvAlternatives
+from .cross_stitch import CrossStitch
 from .etr import ETR
-from .etr_nlp import ETRNLP, NLPNet, search_nlp_layouts
+from .etr_nlp import ETRNLP, NLPNet
 from .hard_sharing import HardSharing
 from .max_roaming import MaxRoaming
+from .mtan import MTAN
+from .single_task import SingleTask
 from .task_routing import TaskRouting
 
 __all__ = ["HardSharing", "Attentive", "TaskRouting", "MaxRoaming", "ETR", "ETRNLP", "NLPNet",
-           "search_nlp_layouts"]
+           "ConvAlternatives", "MTAN", "CrossStitch", "SingleTask"]

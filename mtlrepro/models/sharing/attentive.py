@@ -29,8 +29,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..base import (SHARING, ConvBN, ConvSpec, PerTask, TaskContext, UnitMTLModel, channels_to_tasks,
-                    per_task_batch_norm, tasks_to_channels)
+from ..batched import channels_to_tasks, per_task_batch_norm, tasks_to_channels
+from ..interface import PerTask, TaskContext, UnitMTLModel
+from ..registries import SHARING
+from ..units import ConvBN, ConvSpec
 
 __all__ = ["Attentive", "SqueezeExcite", "SEUnit"]
 

@@ -39,7 +39,7 @@ Keyword arguments (``None`` = the backbone's entry of :data:`TABLE2_DEFAULTS`):
 * ``replace_stem`` = False / ``replace_downsample`` = False: ResNet18's 7x7 stem and its 1x1
   projection shortcuts stay learnable convs - the ``nlp`` scheme's handling (``nlp_stem`` /
   ``nlp_downsample``, for ``conv="nlp"`` they ARE those flags). VGG16 has no stem (all 13 convs
-  have ``role="conv"``, see :mod:`mtlrepro.models.vgg`): all its convs are replaced.
+  have ``role="conv"``, see :mod:`mtlrepro.models.backbones.vgg`): all its convs are replaced.
 * ``stride_mode`` = ``"in"`` (``"after"`` for ``nlp``): ``"in"`` puts a unit's stride in its
   spatial op (fixed conv, shift, depth-wise / primary conv); ``"after"`` runs the unit at the
   input resolution and subsamples the output (for ``nlp``: its ``"after"`` / ``"prims"``).
@@ -57,8 +57,8 @@ Keyword arguments (``None`` = the backbone's entry of :data:`TABLE2_DEFAULTS`):
   ``ghost_dw`` = 3 (d).
 * ``nlp``: ``prims`` / ``groups`` / ``nlp_seed`` as the ``nlp`` scheme (same defaults).
 
-How the defaults were chosen: :func:`search_table2_layouts` builds every candidate of a small
-grid per alternative (:func:`_grid`), counts ``active_parameter_count(0)`` with the 8 CelebA
+How the defaults were chosen: :func:`mtlrepro.fit.table2_layouts.search_table2_layouts` builds
+every candidate of a small grid per alternative, counts ``active_parameter_count(0)`` with the 8 CelebA
 groups (40 outputs) and fvcore MACs for one 64x64 image, and ranks by distance to the printed
 #P / #F. The defaults, measured (published in brackets; gap = measured / published - 1):
 
@@ -114,34 +114,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import vgg  # noqa: F401  (registers "vgg16")
-from ..base import SHARING, ConvBN, ConvSpec
 from ..primitives import Shift, derive_seed
+from ..registries import SHARING, register_conv_unit
+from ..units import ConvBN, ConvSpec
 from .etr_nlp import NLP_DEFAULT_PRIMS, _NLPUnits
 from .hard_sharing import HardSharing
 
 __all__ = ["ConvAlternatives", "CONV_TYPES", "TABLE2_DEFAULTS", "LocalBinaryConv", "LBConvUnit",
-           "ShiftUnit", "DepthwiseSeparableUnit", "GhostUnit", "search_table2_layouts",
-           "TABLE2_METHODS"]
+           "ShiftUnit", "DepthwiseSeparableUnit", "GhostUnit"]
 
 CONV_TYPES: tuple[str, ...] = ("conv", "lbconv", "shift", "depthwise", "ghost", "nlp")
 
-# Per-backbone defaults of the kwargs left None (chosen with search_table2_layouts(), see above).
+# Per-backbone defaults of the kwargs left None (chosen with fit.table2_layouts, see above).
 TABLE2_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet18": {"shift_layout": "csc"},
     "vgg16": {"shift_layout": "shift_conv"},
     "*": {"shift_layout": "shift_conv"},
-}
-
-# Table 2 "method" -> conv_alt kwargs
-TABLE2_METHODS: dict[str, dict[str, Any]] = {
-    "conv": {"conv": "conv"},
-    "lbconv": {"conv": "lbconv"},
-    "shift": {"conv": "shift"},
-    "depthwise_conv": {"conv": "depthwise"},
-    "ghost": {"conv": "ghost"},
-    "nlps": {"conv": "nlp"},
-    "nlps_2x": {"conv": "nlp", "width_mult": 2},
 }
 
 
@@ -381,125 +369,9 @@ class ConvAlternatives(_NLPUnits, HardSharing):
         return GhostUnit(spec, self.ghost_ratio, self.ghost_kernel, self.ghost_dw, sm)
 
 
-# --------------------------------------------------------------------------------------------
-# systematic search of the open hyper-parameters against the published #P / #F
-# --------------------------------------------------------------------------------------------
-
-def _grid(conv: str, backbone: str) -> list[dict]:
-    """Candidate kwargs for one alternative (small: only what the counts can depend on).
-
-    ResNet18 also varies ``replace_stem`` and ``stride_mode`` (VGG16 has neither a stem nor a
-    strided conv); VGG16 also varies ``batch_norm`` (the paper does not say whether its VGG16
-    has BN)."""
-    if backbone == "resnet18":
-        common = [{"replace_stem": r, "stride_mode": m} for r in (False, True)
-                  for m in (("after", "in") if conv == "nlp" else ("in", "after"))]
-    else:
-        common = [{"batch_norm": b} for b in (False, True)]
-    if conv == "conv":
-        return [{}] if backbone == "resnet18" else common
-    if conv == "lbconv":
-        own = [{"lb_maps_of": of, "lb_maps": m} for of in ("out", "in") for m in (0.5, 1.0, 2.0)]
-    elif conv == "shift":
-        own = [{"shift_layout": "shift_conv"}] + [{"shift_layout": "csc", "shift_mid": m} for m in (0.5, 1.0)]
-    elif conv == "depthwise":
-        own = [{"dw_layers": n, "dw_multiplier": m} for n in (1, 2) for m in (1, 2)]
-    elif conv == "ghost":
-        own = [{"ghost_ratio": s, "ghost_kernel": k} for s in (2, 4) for k in (None, 1)]
-    elif conv == "nlp":
-        own = [{}]
-    else:
-        raise ValueError(conv)
-    return [{**o, **c} for o in own for c in common]
-
-
-def _published(cell) -> float:
-    scale = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}[cell.suffix]
-    return float(round(cell.value * scale, 3))  # 2.05 * 1e6 -> 2050000.0, not 2049999.99...
-
-
-def _rounds_to(measured: float, cell) -> bool:
-    scale = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}[cell.suffix]
-    return round(measured / scale, cell.decimals) == round(cell.value, cell.decimals)
-
-
-def search_table2_layouts(backbones: Sequence[str] = ("resnet18", "vgg16"),
-                          methods: Sequence[str] | None = None,
-                          out_dims: Sequence[int] = (9, 5, 9, 4, 2, 5, 2, 4),
-                          input_size: int = 64, top: int | None = None,
-                          grid: dict[str, list[dict]] | None = None) -> list[dict]:
-    """Count every candidate layout of every Table 2 row and rank it against the print.
-
-    For each row of ``etr_nlp/table2`` (method in :data:`TABLE2_METHODS`, backbone in
-    ``backbones``) and each candidate kwargs of :func:`_grid` (or ``grid[conv]``), builds
-    ``conv_alt`` with ``out_dims`` (default: the 8 CelebA groups, 40 outputs), counts
-    ``active_parameter_count(0)`` and fvcore MACs for one ``3 x input_size x input_size`` image
-    (:func:`mtlrepro.complexity.count`), and compares with the published ``params`` / ``flops``
-    cells. Returns one dict per (row, candidate)::
-
-        {"row", "backbone", "method", "kwargs", "params", "macs", "published_params",
-         "published_macs", "gap_params", "gap_macs", "rel_params", "rel_macs",
-         "params_as_printed", "macs_as_printed", "score", "rank", "is_default"}
-
-    sorted by row (table order) then ``score = |log(params / pub)| + |log(macs / pub)|``; ``rank``
-    0 is the nearest candidate of its row, ``is_default`` marks the scheme's defaults. ``top``
-    keeps the ``top`` nearest per row. Nothing is fitted: the counts are what the modules give.
-    """
-    from mtlrepro.complexity import count
-    from mtlrepro.tables import get_table
-
-    from .. import build_model
-
-    table = get_table("etr_nlp/table2")
-    out: list[dict] = []
-    for row in table.rows:
-        backbone = row.attrs.get("backbone")
-        if backbone not in backbones or row.method not in TABLE2_METHODS:
-            continue
-        if methods is not None and row.method not in methods:
-            continue
-        base = TABLE2_METHODS[row.method]
-        conv = base["conv"]
-        pub_p, pub_f = _published(row.cells["params"]), _published(row.cells["flops"])
-        cands = (grid or {}).get(conv) or _grid(conv, backbone)
-        rows = []
-        for kw in cands:
-            torch.manual_seed(0)
-            model = build_model(backbone, "conv_alt", list(out_dims), **base, **kw)
-            c = count(model, (3, input_size, input_size))
-            p, f = model.active_parameter_count(0), c.flops
-            rows.append({
-                "row": row.key, "backbone": backbone, "method": row.method, "kwargs": dict(kw),
-                "params": p, "macs": f, "published_params": pub_p, "published_macs": pub_f,
-                "gap_params": p - pub_p, "gap_macs": f - pub_f,
-                "rel_params": p / pub_p - 1.0, "rel_macs": f / pub_f - 1.0,
-                "params_as_printed": _rounds_to(p, row.cells["params"]),
-                "macs_as_printed": _rounds_to(f, row.cells["flops"]),
-                "score": abs(math.log(p / pub_p)) + abs(math.log(f / pub_f)),
-                "is_default": _is_default(backbone, conv, kw),
-            })
-        rows.sort(key=lambda r: r["score"])
-        for i, r in enumerate(rows):
-            r["rank"] = i
-        out.extend(rows[:top] if top else rows)
-    return out
-
-
-_BACKBONE_DEFAULTS = {"batch_norm": False, "width_mult": 1, "track_running_stats": True}
-
-
-def _is_default(backbone: str, conv: str, kw: dict) -> bool:
-    """Whether candidate ``kw`` is what ``conv_alt`` builds with no kwargs but ``conv``."""
-    import inspect
-
-    sig = inspect.signature(ConvAlternatives.__init__).parameters
-    defaults = TABLE2_DEFAULTS.get(backbone, TABLE2_DEFAULTS["*"])
-    for k, v in kw.items():
-        d = sig[k].default if k in sig else _BACKBONE_DEFAULTS.get(k)
-        if d is None and k in defaults:
-            d = defaults[k]
-        if k == "stride_mode" and d is None:
-            d = "after" if conv == "nlp" else "in"
-        if v != d:
-            return False
-    return True
+# conv_alt's ``conv`` IS its conv unit, and hard sharing with one of them is conv_alt (hard sharing
+# with NLP blocks is the ``nlp`` scheme: see etr_nlp.py)
+for _unit in ("lbconv", "shift", "depthwise", "ghost"):
+    register_conv_unit("hard_sharing", _unit, "conv_alt", conv=_unit)
+    register_conv_unit("conv_alt", _unit, "conv_alt", conv=_unit)
+register_conv_unit("conv_alt", "nlp", "conv_alt", conv="nlp")

@@ -24,15 +24,23 @@ Keyword arguments:
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from ..base import (SHARING, ConvBN, ConvSpec, PerTask, TaskContext, UnitMTLModel, per_task_conv_bn,
-                    round_half_up)
+from ..batched import per_task_conv_bn
+from ..interface import PerTask, TaskContext, UnitMTLModel
+from ..registries import SHARING
+from ..units import ConvBN, ConvSpec
 
-__all__ = ["ETR", "ETRUnit", "split_channels"]
+__all__ = ["ETR", "ETRUnit", "split_channels", "round_half_up"]
+
+
+def round_half_up(x: float) -> int:
+    """round() without banker's rounding: 57.6 -> 58, 0.5 -> 1."""
+    return int(math.floor(x + 0.5 + 1e-9))
 
 
 def split_channels(out_ch: int, gamma: float) -> tuple[int, int]:
@@ -49,7 +57,7 @@ class ETRUnit(nn.Module):
     Batched task passes (``ctx.tasks``): the shared branch runs on the ``(T*B, ...)`` batch (its
     BN with per-task statistics); the tasks' branches run as one grouped convolution on
     accelerators, or per task on its rows on CPU, then one BN kernel over all tasks' channels
-    (:func:`~mtlrepro.models.base.per_task_conv_bn`); the two are concatenated as usual.
+    (:func:`~mtlrepro.models.batched.per_task.per_task_conv_bn`); the two are concatenated as usual.
     """
 
     batched_tasks = True

@@ -19,15 +19,15 @@ Keyword arguments (both schemes unless noted):
   difference; perturbation helps):
 
   - ``etr_nlp``: ``avg k=5``, ``avg k=9``, ``conv k=3`` depth-wise binary sparsity 0.5 with 2
-    filters per channel, ``noise`` level 0.1 with 2 masks per channel -> E = 6 primitive
-    outputs per input channel. E and ``groups`` are all the parameter count depends on, and
-    ``search_nlp_layouts()`` shows E = 6 with ``groups=1`` is the layout nearest the published
-    8.0M: 7,885,449 parameters for one task of the 8-group problem (7,881,345 for 40
-    attributes). Gap: -0.115M (-1.4%), i.e. 7.9M where the paper prints 8.0M. Neighbours: E = 7
-    with groups 2 -> 8,210,761 (+0.21M; groups 2 only takes effect in the layers whose shared
-    width is even - 58 and 230 channels - see the gcd fallback), E = 6 / groups 2 -> 7,222,665,
-    E = 7 / groups 1 -> 8,984,009, E = 5 / groups 1 -> 6,786,889. (``nlp_stem=True`` gives
-    7,877,967; ``nlp_downsample=True`` 8,659,529.)
+    filters per channel, ``noise`` level 0.1 with 2 masks per channel -> E = 6 primitive outputs
+    per input channel. E and ``groups`` are all the parameter count depends on, and
+    ``mtlrepro.fit.nlp_layouts.search_nlp_layouts()`` shows E = 6 with ``groups=1`` is the
+    layout nearest the published 8.0M: 7,885,449 parameters for one task of the 8-group problem
+    (7,881,345 for 40 attributes). Gap: -0.115M (-1.4%), i.e. 7.9M where the paper prints 8.0M.
+    Neighbours: E = 7 with groups 2 -> 8,210,761 (+0.21M; groups 2 only takes effect in the
+    layers whose shared width is even - 58 and 230 channels - see the gcd fallback), E = 6 /
+    groups 2 -> 7,222,665, E = 7 / groups 1 -> 8,984,009, E = 5 / groups 1 -> 6,786,889.
+    (``nlp_stem=True`` gives 7,877,967; ``nlp_downsample=True`` 8,659,529.)
   - ``nlp``: ``avg k=9``, ``conv k=3`` (depth-wise binary, sparsity 0.5), ``noise`` level 0.1,
     ``groups=2`` -> E / groups = 1.5: 2,042,472 parameters and 42.75M fvcore FLOPs at 64x64
     (published NLPs: 2.05M, 43M) and, with ``width_mult=2``, 8,090,792 and 148.4M (published
@@ -54,12 +54,13 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..base import SHARING, ConvBN, ConvSpec
 from ..primitives import NLPBlock, derive_seed, prims_expansion
+from ..registries import SHARING, register_conv_unit
+from ..units import ConvBN, ConvSpec
 from .etr import ETR
 from .hard_sharing import HardSharing
 
-__all__ = ["ETRNLP", "NLPNet", "ETR_NLP_DEFAULT_PRIMS", "NLP_DEFAULT_PRIMS", "search_nlp_layouts"]
+__all__ = ["ETRNLP", "NLPNet", "ETR_NLP_DEFAULT_PRIMS", "NLP_DEFAULT_PRIMS"]
 
 ETR_NLP_DEFAULT_PRIMS: tuple[str, ...] = (
     "avg:k=5", "avg:k=9", "conv:k=3,e=2,sparsity=0.5", "noise:level=0.1,e=2")
@@ -132,59 +133,6 @@ class NLPNet(_NLPUnits, HardSharing):
         return self.make_nlp(spec) if self.uses_nlp(spec) else ConvBN(spec)
 
 
-def _candidate_layouts() -> list[tuple[tuple[str, ...], int]]:
-    """Layouts following the Sec. 5 summary: avg pools with large / mixed kernels, depth-wise
-    binary 3x3 fixed convs (1-3 filters per channel), perturbation (1-2 masks per channel),
-    optionally max pooling and shift (Table 1's other types); groups 1 or 2."""
-    avg_sets = [("avg:k=9",), ("avg:k=5", "avg:k=9"), ("avg:k=3", "avg:k=5", "avg:k=7", "avg:k=9")]
-    extras = [(), ("max:k=3",), ("shift",)]
-    out = []
-    for avg in avg_sets:
-        for ce in (1, 2, 3):
-            for ne in (1, 2):
-                for extra in extras:
-                    prims = avg + (f"conv:k=3,e={ce},sparsity=0.5", f"noise:level=0.1,e={ne}") + extra
-                    for g in (1, 2):
-                        out.append((prims, g))
-    return out
-
-
-def search_nlp_layouts(target: float = 8.0e6, out_dims: Sequence[int] = (9, 5, 9, 4, 2, 5, 2, 4),
-                       gamma: float = 0.9, backbone: str = "resnet18", candidates=None,
-                       task: int = 0, **kwargs) -> list[dict]:
-    """Count ``active_parameter_count(task)`` of ETR-NLP for candidate primitive layouts.
-
-    Returns one dict per candidate ``{"prims", "groups", "E", "ratio", "params", "gap"}`` sorted
-    by ``|params - target|`` (``ratio`` = E / requested groups). The count depends on the layout
-    only through ``(E, groups)``, so one model is built per distinct pair. Default target: the
-    published ETR-NLP ResNet18 #P (Table 4: 8.0M, for 8 and 40 tasks).
-
-    ``groups`` falls back to ``gcd(groups, C_in, C_out)`` per layer, so with ``gamma = 0.9`` a
-    requested 2 only applies where the shared width is even (58 and 230 channels).
-
-    Result with the defaults (8 groups, task 0; 40 attributes is 4,104 lower), nearest first::
-
-        E  groups  params      gap
-        6  1       7,885,449   -0.115M   <- chosen (avg5, avg9, conv3 x2, noise x2)
-        7  2       8,210,761   +0.211M
-        6  2       7,222,665   -0.777M
-        7  1       8,984,009   +0.984M
-        8  2       9,198,857   +1.199M
-        5  1       6,786,889   -1.213M
-    """
-    from .. import build_model
-
-    cache: dict[tuple[int, int], int] = {}
-    rows = []
-    for prims, groups in (candidates or _candidate_layouts()):
-        E = prims_expansion(prims)
-        key = (E, groups)
-        if key not in cache:
-            model = build_model(backbone, "etr_nlp", list(out_dims), gamma=gamma, prims=prims,
-                                groups=groups, **kwargs)
-            cache[key] = model.active_parameter_count(task)
-        n = cache[key]
-        rows.append({"prims": tuple(prims), "groups": groups, "E": E, "ratio": E / groups,
-                     "params": n, "gap": n - target})
-    rows.sort(key=lambda r: (abs(r["gap"]), r["E"], r["groups"]))
-    return rows
+# hard sharing with NLP blocks is ``nlp``; ETR whose shared branches are NLP blocks is ``etr_nlp``
+register_conv_unit("hard_sharing", "nlp", "nlp")
+register_conv_unit("etr", "nlp", "etr_nlp")

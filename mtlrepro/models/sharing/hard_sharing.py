@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..base import SHARING, ConvBN, ConvSpec, UnitMTLModel
+from ..interface import UnitMTLModel
+from ..registries import SHARING
+from ..units import ConvBN, ConvSpec
 
 __all__ = ["HardSharing"]
 

@@ -25,18 +25,19 @@ Keyword arguments:
   updates (the reference code's stopping rule; with 1.0 every unit has then been visited by
   every task - "maximum roaming" reached). ``None`` roams until training ends (the
   lowest-usage rule keeps cycling through units).
-* ``mask_seed`` = 0: seeds both the initial masks and the roaming choices. The generator of the
-  update ``u`` in unit ``l`` is seeded with ``(mask_seed, u, l)``, never the global RNG, so a
-  run resumed from a ``state_dict`` (masks, usage counts and the update counter are buffers)
-  roams exactly like an uninterrupted one.
+* ``mask_seed`` = 0: seeds both the initial masks and the roaming choices. The choices of
+  update ``u`` in unit ``l`` for task ``t`` are keyed by ``(mask_seed, u, l, t)`` through
+  SeedSequence's hash (:func:`~mtlrepro.models.primitives.seeded_index`), never the global RNG
+  nor a numpy ``Generator`` method, so a run resumed from a ``state_dict`` (masks, usage counts
+  and the update counter are buffers) roams exactly like an uninterrupted one, with any numpy.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..base import SHARING
-from ..primitives import derive_seed
+from ..registries import SHARING
+from ..primitives import derive_seed, seeded_index
 from .task_routing import MaskedUnit, TaskRouting
 
 __all__ = ["MaxRoaming"]
@@ -48,6 +49,7 @@ _ROAM_TAG = 0x524F414D  # "ROAM": separates roaming streams from the mask-init s
 class MaxRoaming(TaskRouting):
     task_conditional = True
     _track_usage = True
+    version = 2  # 2: initial masks and roaming choices keyed by SeedSequence (1: numpy Generator)
 
     def __init__(self, backbone: str = "resnet18", out_dims: list[int] | None = None,
                  sharing_ratio: float = 0.8, update_every: float = 0.1,
@@ -95,15 +97,15 @@ class MaxRoaming(TaskRouting):
             usage = unit.usage.cpu().numpy().copy()
             if mask.all() or not mask.any(axis=1).all():
                 continue  # sigma = 1 (nothing inactive) or a task with no active unit
-            rng = np.random.default_rng(derive_seed(_ROAM_TAG, self.mask_seed, u, layer))
+            key = derive_seed(_ROAM_TAG, self.mask_seed, u, layer)
             for t in range(mask.shape[0]):
                 inactive = np.flatnonzero(mask[t] == 0)
                 active = np.flatnonzero(mask[t] > 0)
                 if inactive.size == 0:
                     continue
                 least = inactive[usage[t, inactive] == usage[t, inactive].min()]
-                incoming = least[rng.integers(least.size)]
-                outgoing = active[rng.integers(active.size)]
+                incoming = least[seeded_index(least.size, key, t, 0)]
+                outgoing = active[seeded_index(active.size, key, t, 1)]
                 mask[t, incoming], mask[t, outgoing] = 1.0, 0.0
                 usage[t, incoming] += 1
             unit.mask.copy_(torch.from_numpy(mask))

@@ -1,36 +1,49 @@
-"""MTAN: Multi-Task Attention Network (Liu, Johns & Davison, CVPR 2019) on SegNet.
+"""MTAN: Multi-Task Attention Network (Liu, Johns & Davison, CVPR 2019), on any staged backbone.
 
-Follows ``lorenmt/mtan`` ``im2im_pred/model_segnet_mtan.py``: one shared SegNet (the ``segnet``
-backbone, its 26 convs built by ``make_unit``, i.e. conv -> BN) and, per task, one soft-attention
-module at each of the 5 encoder and 5 decoder stages. Not task-conditional: ``model(x)`` runs the
-shared network once and every task's attention path on it, and returns all ``T`` outputs.
+One shared backbone (its convs built by ``make_unit``, i.e. conv -> BN) and, per task, one
+soft-attention module at every stage of it, reading the stage taps of the
+:class:`~mtlrepro.models.backbones.protocol.StagedBackbone` protocol (``first`` / ``last``: the
+stage's first / last block output, ``input``: what a decoder stage's blocks read, ``out``: the
+stage's output). Not task-conditional: ``model(x)`` runs the shared network once and every
+task's attention path on it, and returns all ``T`` outputs. With ``segnet`` this is
+``lorenmt/mtan`` ``im2im_pred/model_segnet_mtan.py``; other backbones get the same rules (as
+LibMTL's MTAN on ResNet encoders).
 
-Per task ``t`` (``a`` is the task's attended feature, carried from stage to stage):
+Per task ``t``, with ``a`` the task's attended feature carried from stage to stage and
+``fit(a, y)`` = ``a`` max-pooled to ``y``'s size (a 2x2/2 max pool when that is half of ``a``'s,
+rounded down - the backbones' own pooling; an adaptive max pool otherwise; nothing when equal):
 
-* encoder stage ``s``: mask = ``att_t,s(g_first[s])`` for ``s = 0``, else
-  ``att_t,s(cat(g_first[s], a))``; ``a = maxpool2x2(block_s(mask * g_last[s]))``, where
-  ``g_first`` / ``g_last`` are the outputs of the stage's first / last shared block and ``block_s``
-  is a SHARED conv block (Conv3x3 -> BN -> ReLU) to the next stage's width (512 -> 512 last);
-* decoder stage ``d``: ``a = block'_d(upsample2x_bilinear(a))`` (shared conv block to the
-  stage's output width), mask = ``att'_t,d(cat(g_unpooled[d], a))``, ``a = mask * g_last'[d]``;
-* head: ``head_t(a)`` (the backbone's Conv3x3 -> Conv1x1 head on the last decoder stage's
-  64-channel map).
+* encoder stage ``s``: mask = ``att_t,s(first_s)`` for ``s = 0``, else
+  ``att_t,s(cat(first_s, fit(a, first_s)))``; ``a = mask * last_s``; then, unless ``s`` is the
+  last stage, ``a = fit(block_s(a), out_s)`` where ``block_s`` is a SHARED conv block (Conv3x3 ->
+  BN -> ReLU) to the next stage's width (the last encoder stage of a backbone with a decoder
+  keeps its width);
+* decoder stage ``d``: ``a = block'_d(upsample_bilinear(a, size of input_d))`` (shared conv block
+  to the stage's width), mask = ``att'_t,d(cat(input_d, a))``, ``a = mask * last_d``;
+* head: ``head_t(readout(a))`` (the backbone's readout: identity for SegNet, global average
+  pooling for ResNet18 / VGG16).
+
+On SegNet this is MTAN's exact computation: the encoder ``fit`` after ``block_s`` is its
+``max_pool2d(2)``, the one at the next gate does nothing, and ``input_d`` is its unpooled
+``g_upsampl[d]``. On ResNet18 the pooling to the next stage's resolution happens at the gate
+(``out_s`` is not downsampled: the stride is in the next stage's first block).
 
 An attention module is Conv1x1 -> BN -> ReLU -> Conv1x1 -> BN -> Sigmoid (all convs with bias);
-its input widths are 64 / 2C (encoder) and ``C_unpooled + C_out`` (decoder), hidden and output
-width the width it gates. Bilinear upsampling uses ``align_corners=True`` as MTAN does (to the
-unpooled map's size, i.e. x2 for inputs that are multiples of 32).
+its input width is ``widths[0]`` (first stage), ``2 * widths[s]`` (encoder) or ``widths[s-1] +
+widths[s]`` (decoder); hidden and output width the width it gates. Bilinear upsampling uses
+``align_corners=True`` as MTAN does.
 
-Parameters: NYUv2 (``out_dims=[13, 1, 3]``) 44,229,073; Cityscapes (``[7, 1]``) 41,206,984. MTAN's
-printed counts (REFERENCE.md: 44,229,076 and 41,206,986) also hold ``logsigma``, the ``T``
-uncertainty-weighting scalars every MTAN multi-task script keeps in its model; they belong to a
-loss weighting, not to the network (see :mod:`mtlrepro.models.segnet`). The shared encoder
-attention blocks number 5 (64->128, 128->256, 256->512, 512->512, 512->512): the fifth, feeding
-the decoder's attention path, is 2,360,832 of the total.
+Parameters (SegNet): NYUv2 (``out_dims=[13, 1, 3]``) 44,229,073; Cityscapes (``[7, 1]``)
+41,206,984. MTAN's printed counts (REFERENCE.md: 44,229,076 and 41,206,986) also hold
+``logsigma``, the ``T`` uncertainty-weighting scalars every MTAN multi-task script keeps in its
+model; they belong to a loss weighting, not to the network (see
+:mod:`mtlrepro.models.backbones.segnet`). The shared encoder attention blocks number 5 on SegNet
+(64->128, 128->256, 256->512, 512->512, 512->512): the fifth, feeding the decoder's attention
+path, is 2,360,832 of the total. On ResNet18 (no decoder) there are 3 (64->128, 128->256,
+256->512).
 
 Keyword arguments: none of its own; ``backbone_kwargs`` go to the backbone (``width_mult``,
-``track_running_stats``). The backbone must provide SegNet's stage-wise interface
-(``features()``, ``enc_widths``, ``dec_widths``): only ``segnet`` does.
+``track_running_stats``). The backbone must be a ``StagedBackbone``.
 
 Initialisation follows MTAN: Xavier-normal conv weights with zero bias, BN weight 1 / bias 0.
 """
@@ -40,9 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import SHARING, ConvBN, ConvSpec, PerTask, UnitMTLModel
+from ..backbones.protocol import StagedBackbone, StageTaps
+from ..interface import PerTask, UnitMTLModel
+from ..registries import SHARING
+from ..units import ConvBN, ConvSpec
+from ..weight_init import init_xavier
 
-__all__ = ["MTAN", "attention_block", "conv_block"]
+__all__ = ["MTAN", "attention_block", "conv_block", "fit_to"]
 
 
 def attention_block(in_ch: int, hidden: int, out_ch: int) -> nn.Sequential:
@@ -58,67 +75,74 @@ def conv_block(in_ch: int, out_ch: int, track_running_stats: bool = True) -> nn.
                          nn.ReLU(inplace=True))
 
 
+def fit_to(a: Tensor, like: Tensor) -> Tensor:
+    """``a`` max-pooled to ``like``'s spatial size: unchanged when equal, a 2x2/2 max pool when
+    ``like`` is ``a``'s size halved and rounded down, an adaptive max pool otherwise."""
+    src, dst = tuple(a.shape[-2:]), tuple(like.shape[-2:])
+    if src == dst:
+        return a
+    if all(d == s // 2 for s, d in zip(src, dst)):
+        return F.max_pool2d(a, kernel_size=2, stride=2)
+    return F.adaptive_max_pool2d(a, dst)
+
+
 @SHARING.register("mtan")
 class MTAN(UnitMTLModel):
-    """Shared SegNet + per-task attention at every encoder and decoder stage."""
+    """Shared staged backbone + per-task attention at every stage; see the module docstring."""
 
     task_conditional = False
 
     def __init__(self, backbone: str = "segnet", out_dims: list[int] | None = None, **backbone_kwargs):
         super().__init__(backbone, out_dims or [], **backbone_kwargs)
         enc = self.encoder
-        if not all(hasattr(enc, a) for a in ("features", "enc_widths", "dec_widths")):
-            raise ValueError(f"mtan needs a SegNet-style backbone with stage-wise features "
-                             f"(backbone 'segnet'); got {backbone!r}")
+        if not isinstance(enc, StagedBackbone):
+            raise ValueError(f"mtan needs a staged backbone (models.backbones.protocol.StagedBackbone); "
+                             f"got {backbone!r}")
         trs = backbone_kwargs.get("track_running_stats", True)
-        we, wd = list(enc.enc_widths), list(enc.dec_widths)
-        n = len(we)
-        # decoder stage d's unpooled input width = the previous decoder stage's output (the
-        # encoder's last width for d = 0)
-        w_up = [we[-1]] + wd[:-1]
+        w = list(enc.widths)
+        n, n_enc = enc.n_stages, enc.n_encoder_stages
+        # encoder block s: to the next encoder stage's width; the last encoder stage keeps its own
+        # (it feeds the decoder's first block); none after the last stage of the whole backbone
+        enc_out = [w[s + 1] if s + 1 < n_enc else w[s] for s in range(n_enc if n > n_enc else n_enc - 1)]
         self.enc_att = PerTask([nn.ModuleList(
-            [attention_block(we[0], we[0], we[0])]
-            + [attention_block(2 * we[s], we[s], we[s]) for s in range(1, n)])
+            [attention_block(w[0], w[0], w[0])]
+            + [attention_block(2 * w[s], w[s], w[s]) for s in range(1, n_enc)])
             for _ in range(self.n_tasks)])
         self.dec_att = PerTask([nn.ModuleList(
-            [attention_block(w_up[d] + wd[d], wd[d], wd[d]) for d in range(n)])
+            [attention_block(w[s - 1] + w[s], w[s], w[s]) for s in range(n_enc, n)])
             for _ in range(self.n_tasks)])
         self.enc_block_att = nn.ModuleList(
-            [conv_block(we[s], we[min(s + 1, n - 1)], trs) for s in range(n)])
+            [conv_block(w[s], c, trs) for s, c in enumerate(enc_out)])
         self.dec_block_att = nn.ModuleList(
-            [conv_block(we[-1] if d == 0 else wd[d - 1], wd[d], trs) for d in range(n)])
+            [conv_block(w[s - 1], w[s], trs) for s in range(n_enc, n)])
         for m in (self.enc_att, self.dec_att, self.enc_block_att, self.dec_block_att):
-            for mod in m.modules():
-                if isinstance(mod, nn.Conv2d):
-                    nn.init.xavier_normal_(mod.weight)
-                    nn.init.zeros_(mod.bias)
-                elif isinstance(mod, nn.BatchNorm2d):
-                    nn.init.ones_(mod.weight)
-                    nn.init.zeros_(mod.bias)
+            init_xavier(m)
 
     def make_unit(self, spec: ConvSpec) -> nn.Module:
         return ConvBN(spec)
 
-    def _task_path(self, f, t: int) -> Tensor:
-        enc_att, dec_att = self.enc_att[t], self.dec_att[t]
+    def _task_path(self, taps: list[StageTaps], t: int) -> Tensor:
         a = None
-        for s, att in enumerate(enc_att):
-            g = f.enc_first[s] if a is None else torch.cat((f.enc_first[s], a), dim=1)
-            a = F.max_pool2d(self.enc_block_att[s](att(g) * f.enc_last[s]), kernel_size=2, stride=2)
-        for d, att in enumerate(dec_att):
-            up = f.up[d]
-            a = F.interpolate(a, size=up.shape[-2:], mode="bilinear", align_corners=True)
+        for s, att in enumerate(self.enc_att[t]):
+            tap = taps[s]
+            g = tap.first if a is None else torch.cat((tap.first, fit_to(a, tap.first)), dim=1)
+            a = att(g) * tap.last
+            if s < len(self.enc_block_att):
+                a = fit_to(self.enc_block_att[s](a), tap.out)
+        for d, att in enumerate(self.dec_att[t]):
+            tap = taps[len(self.enc_att[t]) + d]
+            a = F.interpolate(a, size=tap.input.shape[-2:], mode="bilinear", align_corners=True)
             a = self.dec_block_att[d](a)
-            a = att(torch.cat((up, a), dim=1)) * f.dec_last[d]
-        return self.heads[t](a)
+            a = att(torch.cat((tap.input, a), dim=1)) * tap.last
+        return self.heads[t](self.encoder.readout(a))
 
     def forward(self, x: Tensor, task: int | None = None) -> list[Tensor]:
         if task is not None:
             raise ValueError("mtan is not task-conditional: call model(x) (returns all tasks)")
-        f = self.encoder.features(x)
-        return [self._task_path(f, t) for t in range(self.n_tasks)]
+        taps = self.encoder.forward_taps(x)
+        return [self._task_path(taps, t) for t in range(self.n_tasks)]
 
     def last_shared_layer(self) -> nn.Module:
-        """The shared SegNet's last conv unit (its output is gated by every task's last
+        """The shared backbone's last conv unit (its output is gated by every task's last
         attention module)."""
         return self.encoder.last_shared_layer()

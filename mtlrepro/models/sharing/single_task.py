@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..base import SHARING, MTLModel, build_task_networks
+from ..interface import MTLModel, build_task_networks
+from ..registries import SHARING
 
 __all__ = ["SingleTask"]
 

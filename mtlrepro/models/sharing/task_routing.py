@@ -12,8 +12,10 @@ Keyword arguments:
   one ETR-NLP Table 3 prints ("Task routing (gamma = 0.9)"). Each task gets
   ``n_active = C - floor((1 - sigma) * C)`` active units per layer (the Maximum Roaming code
   adds units until the inactive fraction is <= 1 - sigma).
-* ``mask_seed`` = 0: the masks are a deterministic function of ``(mask_seed, unit index)``,
-  drawn with their own generator (no global RNG involved).
+* ``mask_seed`` = 0: the masks are a deterministic function of ``(mask_seed, unit index)``:
+  each task's extra units are the subset keyed by ``(seed, task)`` through SeedSequence's hash
+  (:func:`~mtlrepro.models.primitives.seeded_subset`; no global RNG, no numpy ``Generator``
+  method, whose algorithms may change between numpy releases).
 
 Initialisation (Maximum Roaming's, so every unit is used by at least one task): task ``k`` first
 gets units ``k, k+T, k+2T, ...`` until every unit is covered (the shifted identity matrices of
@@ -33,8 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..base import SHARING, ConvBN, ConvSpec, TaskContext, UnitMTLModel
-from ..primitives import derive_seed
+from ..interface import TaskContext, UnitMTLModel
+from ..registries import SHARING
+from ..units import ConvBN, ConvSpec
+from ..primitives import derive_seed, seeded_subset
 
 __all__ = ["TaskRouting", "MaskedUnit", "init_routing_mask", "n_active_units"]
 
@@ -55,12 +59,11 @@ def init_routing_mask(n_tasks: int, n_units: int, sigma: float, seed: int) -> np
         return mask
     for u in range(n_units):  # shifted identities: unit u -> task u mod T
         mask[u % n_tasks, u] = 1
-    rng = np.random.default_rng(seed)
-    for k in range(n_tasks):
+    for k in range(n_tasks):  # task k's extra units: a uniform subset keyed by (seed, k)
         free = np.flatnonzero(mask[k] == 0)
         need = n_active - int(mask[k].sum())
         if need > 0:
-            mask[k, rng.choice(free, size=need, replace=False)] = 1
+            mask[k, seeded_subset(free, need, seed, k)] = 1
     return mask
 
 
@@ -68,7 +71,7 @@ class MaskedUnit(nn.Module):
     """conv -> BN -> ``mask[active task]`` (channel-wise 0/1).
 
     Batched task passes (``ctx.tasks``): conv -> BN (per-task statistics, see
-    :func:`~mtlrepro.models.base.grouped_batch_norm`) on the ``(T*B, ...)`` batch, then one
+    :func:`~mtlrepro.models.batched.norm.grouped_batch_norm`) on the ``(T*B, ...)`` batch, then one
     ``(T, 1, C, 1, 1)`` multiply by the tasks' masks.
     """
 
@@ -108,6 +111,7 @@ class TaskRouting(UnitMTLModel):
 
     task_conditional = True
     _track_usage = False
+    version = 2  # 2: masks drawn by seeded_subset (1: numpy Generator.choice)
 
     def __init__(self, backbone: str = "resnet18", out_dims: list[int] | None = None,
                  sharing_ratio: float = 0.9, mask_seed: int = 0, **backbone_kwargs):

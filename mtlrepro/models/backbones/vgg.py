@@ -34,6 +34,11 @@ Backbone keyword arguments:
   torchvision does: +8,448 parameters at width 1).
 * ``track_running_stats`` (True): BatchNorm running statistics (only with ``batch_norm``).
 
+Stages (:class:`~mtlrepro.models.backbones.protocol.StagedBackbone`): the five conv stages, each
+closed by its max pool (the ``out`` tap is pooled, ``last`` is the last conv's ReLU output),
+widths ``(64, 128, 256, 512, 512) * width_mult``, output strides 2, 4, 8, 16, 32; no stem;
+``readout`` is the global average pooling and the default head ``linear``.
+
 Initialisation follows torchvision: Kaiming-normal (fan_out, relu) for learnable convs with
 zero bias, BN weight 1 / bias 0; PyTorch's default for the linear heads (as ResNet18's).
 """
@@ -42,8 +47,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BACKBONES, Backbone, ConvSpec
-from .resnet import init_conv_bn
+from ..heads import HeadFactory
+from ..registries import BACKBONES
+from ..units import ConvSpec
+from ..weight_init import init_torchvision
+from .protocol import Backbone, StagedBackbone, StageTaps
 
 __all__ = ["VGG16Encoder", "build_vgg16", "VGG16_CFG", "VGG16_FEATURES_PARAMS", "VGG16_FEATURES_MACS_64"]
 
@@ -53,18 +61,23 @@ VGG16_FEATURES_PARAMS = 14_714_688   # torchvision vgg16().features
 VGG16_FEATURES_MACS_64 = 1_252_786_176  # fvcore count of .features on 1x3x64x64 (convs only)
 
 
-class VGG16Encoder(nn.Module):
+class VGG16Encoder(StagedBackbone):
     """VGG16 ``.features`` + global average pooling; ``forward`` returns ``(B, 512 * width_mult)``."""
+
+    strides = (2, 4, 8, 16, 32)
 
     def __init__(self, make_unit, width_mult: float = 1.0, batch_norm: bool = False,
                  track_running_stats: bool = True, in_channels: int = 3):
         super().__init__()
         self._units: list[nn.Module] = []
         layers: list[nn.Module] = []
+        bounds, widths = [], []   # per stage: its (start, end) in ``features``, its width
         in_ch = in_channels
         for v in VGG16_CFG:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                bounds.append((bounds[-1][1] if bounds else 0, len(layers)))
+                widths.append(in_ch)
                 continue
             w = int(round(v * width_mult))
             idx = len(self._units)
@@ -77,10 +90,30 @@ class VGG16Encoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.out_features = in_ch
+        self.widths = tuple(widths)
+        self._stage_bounds = tuple(bounds)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        init_conv_bn(self)
+        init_torchvision(self)
+
+    # --- stages (StagedBackbone) --------------------------------------------------------------
+    @property
+    def stages(self) -> tuple[nn.Sequential, ...]:
+        """Slices of ``features``: [conv unit, ReLU] x 2 or 3, then the max pool."""
+        return tuple(self.features[a:b] for a, b in self._stage_bounds)
+
+    def stage_taps(self, s: int, h: Tensor, state: dict) -> StageTaps:
+        layers = self.stages[s]
+        x, first = h, None
+        for layer in layers[:-1]:
+            x = layer(x)
+            if first is None and isinstance(layer, nn.ReLU):
+                first = x
+        return StageTaps(input=h, first=first, last=x, out=layers[-1](x))
+
+    def readout(self, h: Tensor) -> Tensor:
+        return torch.flatten(self.avgpool(h), 1)
 
     def units(self) -> list[nn.Module]:
         """The 13 conv units in forward order."""
@@ -97,5 +130,4 @@ class VGG16Encoder(nn.Module):
 @BACKBONES.register("vgg16")
 def build_vgg16(make_unit, **kwargs) -> Backbone:
     enc = VGG16Encoder(make_unit, **kwargs)
-    feat = enc.out_features
-    return Backbone(encoder=enc, feature_dim=feat, make_head=lambda d: nn.Linear(feat, d))
+    return Backbone(encoder=enc, feature_dim=enc.out_features, make_head=HeadFactory("linear", enc.out_features))

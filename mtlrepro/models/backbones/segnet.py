@@ -11,9 +11,8 @@ Topology = the shared network of MTAN's ``im2im_pred/model_segnet_{split,mtan,si
   (512 -> 512, 512 -> 256, 256 -> 128, 128 -> 64, 64 -> 64) and the others keep it. The last
   stage outputs 64 channels at the input resolution: that map is what the heads see
   (``feature_dim = 64``);
-* per-task head (MTAN's ``conv_layer(pred=True)``): Conv3x3(64, 64) -> Conv1x1(64, out), both
-  with bias, no BN and no activation between them; it returns raw ``(B, out, H, W)`` scores
-  (the problems apply log-softmax / normalisation in their losses and metrics).
+* per-task head: MTAN's ``conv_layer(pred=True)``, the registered ``segnet`` head
+  (:mod:`mtlrepro.models.heads.segnet_head`).
 
 The encoder + decoder hold 24,943,296 parameters (``SEGNET_PARAMS``); with one 13-class head that
 is MTAN's single-task NYUv2 SegNet, 24,981,069, and with a 7-class head its Cityscapes one,
@@ -29,9 +28,15 @@ pre-activation and the ReLU follows here. As for VGG16, the first conv (3 -> 64)
 3x3 conv, not a stem in ResNet's sense, so the schemes that keep ResNet18's stem learnable
 (``nlp``/``etr_nlp``'s ``nlp_stem``) treat it like the others. Unit indices follow forward order.
 
-MTAN and cross-stitch need the intermediate maps (first / last block of each stage, the unpooled
-decoder inputs) or a stage-by-stage forward: :meth:`SegNetEncoder.features`,
-:meth:`SegNetEncoder.down` and :meth:`SegNetEncoder.up` provide them.
+Stages (:class:`~mtlrepro.models.backbones.protocol.StagedBackbone`): 10 - the 5 encoder stages
+(blocks, then the 2x2/2 max pool that keeps its indices: ``last`` is the pre-pool map, ``out``
+the pooled one) and the 5 decoder stages (``n_decoder_stages = 5``: the max-unpool with the
+matching encoder stage's indices and pre-pool size - handed over in the pass's ``state`` - then
+the blocks: ``input`` is the unpooled map). Widths ``(64, 128, 256, 512, 512, 512, 256, 128, 64,
+64) * width_mult``, output strides 2, 4, 8, 16, 32, 16, 8, 4, 2, 1; no stem; ``readout`` is the
+identity (the heads read the full-resolution 64-channel map). Why the decoder belongs to the
+backbone and not to the heads: see :mod:`~mtlrepro.models.backbones.protocol`. MTAN and
+cross-stitch act at all 10 stages.
 
 Backbone keyword arguments:
 
@@ -48,56 +53,21 @@ weight 1 / bias 0.
 """
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-
-import torch
 from torch import Tensor, nn
 
-from .base import BACKBONES, Backbone, ConvSpec
+from ..heads import HeadFactory
+from ..registries import BACKBONES
+from ..units import ConvSpec
+from ..weight_init import init_xavier
+from .protocol import Backbone, StagedBackbone, StageTaps, spatial_size
 
-__all__ = ["SegNetEncoder", "SegNetStage", "SegNetFeatures", "build_segnet", "segnet_head",
-           "SEGNET_WIDTHS", "SEGNET_ENC_DEPTHS", "SEGNET_DEC_DEPTHS", "SEGNET_PARAMS",
-           "segnet_head_params", "unpool_size"]
+__all__ = ["SegNetEncoder", "SegNetStage", "build_segnet", "SEGNET_WIDTHS", "SEGNET_ENC_DEPTHS",
+           "SEGNET_DEC_DEPTHS", "SEGNET_PARAMS"]
 
 SEGNET_WIDTHS = (64, 128, 256, 512, 512)
 SEGNET_ENC_DEPTHS = (2, 2, 3, 3, 3)
 SEGNET_DEC_DEPTHS = (3, 3, 3, 2, 2)
 SEGNET_PARAMS = 24_943_296  # 26 conv3x3(bias) + BN units, no head
-
-
-def segnet_head_params(out_dim: int, feat: int = 64) -> int:
-    """Parameters of one head: Conv3x3(feat, feat) + Conv1x1(feat, out_dim), both with bias."""
-    return 9 * feat * feat + feat + feat * out_dim + out_dim
-
-
-def _xavier(m: nn.Module) -> None:
-    for mod in m.modules():
-        if isinstance(mod, nn.Conv2d) and mod.weight.requires_grad:
-            nn.init.xavier_normal_(mod.weight)
-            if mod.bias is not None:
-                nn.init.zeros_(mod.bias)
-        elif isinstance(mod, (nn.BatchNorm2d, nn.GroupNorm)) and mod.weight is not None:
-            nn.init.ones_(mod.weight)
-            nn.init.zeros_(mod.bias)
-
-
-def segnet_head(in_ch: int, out_dim: int) -> nn.Sequential:
-    """MTAN's prediction layer: Conv3x3(in, in) -> Conv1x1(in, out_dim), Xavier-normal init."""
-    head = nn.Sequential(nn.Conv2d(in_ch, in_ch, 3, padding=1), nn.Conv2d(in_ch, out_dim, 1))
-    _xavier(head)
-    return head
-
-
-def unpool_size(t: Tensor):
-    """``t``'s spatial size for ``max_unpool2d(output_size=...)``. Under ``torch.jit.trace``
-    (fvcore) sizes are traced tensors, which the unpool's size check rejects; the traced graph is
-    shape-specific anyway, so they become plain ints there."""
-    if torch.jit.is_tracing():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return tuple(int(v) for v in t.shape[-2:])
-    return t.shape[-2:]
 
 
 class SegNetStage(nn.Module):
@@ -121,25 +91,11 @@ class SegNetStage(nn.Module):
         return x
 
 
-@dataclass
-class SegNetFeatures:
-    """Intermediate maps of one SegNet pass, stage by stage (index 0 = first stage run).
-
-    ``enc_first[s]`` / ``enc_last[s]``: outputs of the first / last block of encoder stage ``s``
-    (before its max pool); ``up[d]``: the max-unpooled input of decoder stage ``d``;
-    ``dec_first[d]`` / ``dec_last[d]``: its first / last block's outputs. ``dec_last[-1]`` is the
-    backbone's output. (MTAN's ``g_encoder[s][0/1]``, ``g_upsampl[d]``, ``g_decoder[d][0/1]``.)
-    """
-
-    enc_first: list[Tensor]
-    enc_last: list[Tensor]
-    up: list[Tensor]
-    dec_first: list[Tensor]
-    dec_last: list[Tensor]
-
-
-class SegNetEncoder(nn.Module):
+class SegNetEncoder(StagedBackbone):
     """SegNet encoder + decoder; ``forward`` returns the ``(B, 64 * width_mult, H, W)`` map."""
+
+    strides = (2, 4, 8, 16, 32, 16, 8, 4, 2, 1)
+    n_decoder_stages = 5
 
     def __init__(self, make_unit, width_mult: float = 1.0, track_running_stats: bool = True,
                  in_channels: int = 3):
@@ -171,11 +127,10 @@ class SegNetEncoder(nn.Module):
         self.dec = nn.ModuleList(dec)
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(kernel_size=2, stride=2)
-        #: output widths of the encoder stages and of the decoder stages (forward order)
-        self.enc_widths = tuple(w)
-        self.dec_widths = tuple(w[max(3 - d, 0)] for d in range(5))
+        #: output widths of the 5 encoder stages, then of the 5 decoder stages
+        self.widths = tuple(w) + tuple(w[max(3 - d, 0)] for d in range(5))
         self.out_features = c
-        _xavier(self)
+        init_xavier(self)
 
     # --- introspection ------------------------------------------------------------------------
     def units(self) -> list[nn.Module]:
@@ -186,41 +141,32 @@ class SegNetEncoder(nn.Module):
         """The last conv unit of the decoder (conv -> BN before the heads' input ReLU)."""
         return self._units[-1]
 
-    # --- stage-wise forward (MTAN, cross-stitch) ----------------------------------------------
-    def down(self, s: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Encoder stage ``s``: ``(first, last, pooled, indices)``."""
-        first, last = self.enc[s].first_last(x)
-        pooled, idx = self.pool(last)
-        return first, last, pooled, idx
+    # --- stages (StagedBackbone) --------------------------------------------------------------
+    @property
+    def stages(self) -> tuple[SegNetStage, ...]:
+        return (*self.enc, *self.dec)
 
-    def up(self, d: int, x: Tensor, indices: Tensor, size) -> tuple[Tensor, Tensor, Tensor]:
-        """Decoder stage ``d``: unpool ``x`` with ``indices`` to ``size`` (the matching encoder
-        stage's pre-pool ``H, W``) and run its blocks: ``(unpooled, first, last)``."""
-        u = self.unpool(x, indices, output_size=size)
+    def stage_taps(self, s: int, h: Tensor, state: dict) -> StageTaps:
+        """Encoder stage ``s < 5``: blocks, then the max pool (its indices and the pre-pool size
+        go to ``state``); decoder stage ``5 + d``: max-unpool with encoder stage ``4 - d``'s
+        indices to its pre-pool size, then the blocks."""
+        n_enc = len(self.enc)
+        if s < n_enc:
+            first, last = self.enc[s].first_last(h)
+            state.setdefault("sizes", []).append(spatial_size(last))
+            pooled, idx = self.pool(last)
+            state.setdefault("indices", []).append(idx)
+            return StageTaps(input=h, first=first, last=last, out=pooled)
+        d = s - n_enc
+        u = self.unpool(h, state["indices"][-d - 1], output_size=state["sizes"][-d - 1])
         first, last = self.dec[d].first_last(u)
-        return u, first, last
-
-    def features(self, x: Tensor) -> SegNetFeatures:
-        f = SegNetFeatures([], [], [], [], [])
-        idx, sizes = [], []
-        for s in range(len(self.enc)):
-            first, last, x, i = self.down(s, x)
-            f.enc_first.append(first)
-            f.enc_last.append(last)
-            idx.append(i)
-            sizes.append(unpool_size(last))
-        for d in range(len(self.dec)):
-            u, first, x = self.up(d, x, idx[-d - 1], sizes[-d - 1])
-            f.up.append(u)
-            f.dec_first.append(first)
-            f.dec_last.append(x)
-        return f
+        return StageTaps(input=u, first=first, last=last, out=last)
 
     def forward(self, x: Tensor) -> Tensor:
         idx, sizes = [], []
         for stage in self.enc:
             x = stage(x)
-            sizes.append(unpool_size(x))
+            sizes.append(spatial_size(x))
             x, i = self.pool(x)
             idx.append(i)
         for d, stage in enumerate(self.dec):
@@ -228,17 +174,7 @@ class SegNetEncoder(nn.Module):
         return x
 
 
-class _SegNetHead:
-    """Picklable head factory (models hold no closures)."""
-
-    def __init__(self, feat: int):
-        self.feat = feat
-
-    def __call__(self, out_dim: int) -> nn.Module:
-        return segnet_head(self.feat, out_dim)
-
-
 @BACKBONES.register("segnet")
 def build_segnet(make_unit, **kwargs) -> Backbone:
     enc = SegNetEncoder(make_unit, **kwargs)
-    return Backbone(encoder=enc, feature_dim=enc.out_features, make_head=_SegNetHead(enc.out_features))
+    return Backbone(encoder=enc, feature_dim=enc.out_features, make_head=HeadFactory("segnet", enc.out_features))

@@ -22,6 +22,11 @@ Backbone keyword arguments:
   for the exact 11,176,512 encoder parameters); the Maximum Roaming code omits it (-1,792
   parameters).
 
+Stages (:class:`~mtlrepro.models.backbones.protocol.StagedBackbone`): the stem (conv + ReLU +
+max pool) then ``layer1`` .. ``layer4``, widths ``(64, 128, 256, 512) * width_mult``, output strides
+4, 8, 16, 32; ``readout`` is the global average pooling, so the encoder returns ``(B, 512 *
+width_mult)`` and the default head is ``linear`` (:mod:`mtlrepro.models.heads.linear`).
+
 Initialisation follows torchvision: Kaiming-normal (fan_out, relu) for learnable convs, BN
 weight 1 / bias 0, PyTorch's default for the linear heads.
 """
@@ -30,24 +35,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BACKBONES, Backbone, ConvSpec
+from ..heads import HeadFactory
+from ..registries import BACKBONES
+from ..units import ConvSpec
+from ..weight_init import init_torchvision
+from .protocol import Backbone, StagedBackbone, StageTaps
 
-__all__ = ["ResNet18Encoder", "build_resnet18", "RESNET18_ENCODER_PARAMS"]
+__all__ = ["ResNet18Encoder", "BasicBlock", "build_resnet18", "RESNET18_ENCODER_PARAMS"]
 
 RESNET18_ENCODER_PARAMS = 11_176_512  # torchvision resnet18 without fc
-
-
-def init_conv_bn(module: nn.Module) -> None:
-    """torchvision's initialisation: Kaiming-normal (fan_out) convs, zero biases, unit-scale norms."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            if m.weight is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
 
 class BasicBlock(nn.Module):
@@ -65,8 +61,10 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet18Encoder(nn.Module):
+class ResNet18Encoder(StagedBackbone):
     """ResNet18 up to global average pooling; ``forward`` returns ``(B, 512 * width_mult)``."""
+
+    strides = (4, 8, 16, 32)
 
     def __init__(self, make_unit, width_mult: float = 1.0, track_running_stats: bool = True,
                  downsample_norm: bool = True, in_channels: int = 3):
@@ -103,10 +101,29 @@ class ResNet18Encoder(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.out_features = in_ch
+        self.widths = tuple(widths)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        init_conv_bn(self)
+        init_torchvision(self)
+
+    # --- stages (StagedBackbone) --------------------------------------------------------------
+    @property
+    def stages(self) -> tuple[nn.Module, ...]:
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.stem(x)))
+
+    def stage_taps(self, s: int, h: Tensor, state: dict) -> StageTaps:
+        blocks = self.stages[s]
+        first = last = blocks[0](h)
+        for block in blocks[1:]:
+            last = block(last)
+        return StageTaps(input=h, first=first, last=last, out=last)
+
+    def readout(self, h: Tensor) -> Tensor:
+        return torch.flatten(self.avgpool(h), 1)
 
     def units(self) -> list[nn.Module]:
         return list(self._units)
@@ -124,5 +141,4 @@ class ResNet18Encoder(nn.Module):
 @BACKBONES.register("resnet18")
 def build_resnet18(make_unit, **kwargs) -> Backbone:
     enc = ResNet18Encoder(make_unit, **kwargs)
-    feat = enc.out_features
-    return Backbone(encoder=enc, feature_dim=feat, make_head=lambda d: nn.Linear(feat, d))
+    return Backbone(encoder=enc, feature_dim=enc.out_features, make_head=HeadFactory("linear", enc.out_features))

@@ -1,13 +1,12 @@
-"""The memory-bounded task chunk used by ``"auto"`` on accelerators (models/task_memory.py)."""
+"""The memory-bounded task chunk used by ``"auto"`` on accelerators (models/batched/chunking.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from mtlrepro.models import build_model
-from mtlrepro.models.base import task_chunks
-from mtlrepro.models.task_memory import (MEMORY_FRACTION, auto_chunk_for, memory_task_chunk,
-                                         saved_bytes_per_task)
+from mtlrepro.models.batched.chunking import (MEMORY_FRACTION, auto_chunk_for, memory_task_chunk,
+                                              saved_bytes_per_task, task_chunks)
 
 
 def _model(scheme: str = "max_roaming", n: int = 6):
