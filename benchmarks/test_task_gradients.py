@@ -1,4 +1,4 @@
-"""Per-task gradients of the gradient-based weightings: one batched call vs ``T`` separate calls.
+"""Per-task gradients (the engine, :mod:`mtlrepro.methods.gradients`): one batched call vs ``T`` calls.
 
 ResNet18 hard sharing, CelebA-40 shape (40 binary heads, 64x64, batch ``MTLREPRO_BENCH_BATCH``).
 Each timed call runs the forward pass and then takes the ``T`` per-task gradients that a weighting
@@ -10,7 +10,7 @@ needs:
   without the representation trick pays; loop only, for scale).
 
 Modes ``batched`` (one ``torch.autograd.grad`` with ``is_grads_batched=True``,
-:func:`mtlrepro.methods.base.batched_grad`) and ``loop`` (``T`` calls). The test checks that batched equals
+:func:`mtlrepro.methods.gradients.task_gradients`) and ``loop`` (``T`` calls). The test checks that batched equals
 the loop before it times anything.
 
 Run (CPU): ``MTLREPRO_BENCH_BATCH=16 pytest benchmarks/test_task_gradients.py --benchmark-enable``.
@@ -26,8 +26,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlrepro.methods.base import batched_grad
-from mtlrepro.methods.gradnorm import last_shared_weights
+from mtlrepro.methods.gradients import task_gradients
+from mtlrepro.methods.weightings.gradnorm import last_shared_weights
 from mtlrepro.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,14 +79,14 @@ def test_task_gradients(benchmark, setup, target, mode, device, bench_batch):
 
     def run():
         losses, z = _losses(model, x, y)
-        grads, used = batched_grad(losses, _inputs(target, model, z), batched=(mode == "batched"))
+        grads, used = task_gradients(losses, _inputs(target, model, z), batched=(mode == "batched"))
         _sync(device)
         return grads, used
 
     grads, used = run()
     assert used == (mode == "batched"), "is_grads_batched fell back to the loop"
     if mode == "batched":  # equal results before timing: the loop is the reference
-        ref, _ = batched_grad(*_with_inputs(target, model, x, y), batched=False)
+        ref, _ = task_gradients(*_with_inputs(target, model, x, y), batched=False)
         for a, b in zip(grads, ref):
             scale = b.abs().max().item() or 1.0
             assert (a - b).abs().max().item() <= 1e-4 * scale, f"{target}: batched differs from the loop"

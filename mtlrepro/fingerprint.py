@@ -64,10 +64,11 @@ def resolve_kwargs(given: dict[str, Any], *fns: Callable) -> dict[str, Any]:
 def resolve(recipe) -> dict[str, Any]:
     """The recipe's result fields with the model's and weighting's in-code defaults written out."""
     from .methods import WEIGHTINGS
-    from .models import BACKBONES, SHARING
+    from .models import BACKBONES, SHARING, resolve_sharing
 
     d = recipe.result_dict()
-    d["sharing_kwargs"] = resolve_kwargs(dict(recipe.sharing_kwargs), SHARING.get(recipe.sharing).__init__,
+    scheme, unit_kwargs = resolve_sharing(recipe.sharing, recipe.conv_unit)
+    d["sharing_kwargs"] = resolve_kwargs({**unit_kwargs, **recipe.sharing_kwargs}, SHARING.get(scheme).__init__,
                                          BACKBONES.get(recipe.backbone))
     d["weighting_kwargs"] = resolve_kwargs(dict(recipe.weighting_kwargs), WEIGHTINGS.get(recipe.weighting).__init__)
     return {k: _jsonable(v) for k, v in d.items()}
@@ -79,15 +80,17 @@ def _version(obj: Any) -> int:
 
 def implementation_versions(recipe) -> dict[str, int]:
     """``{component: version}`` for every component the recipe's run executes."""
-    from .methods import WEIGHTINGS
-    from .models import BACKBONES, SHARING
     from .data.datasets import get_dataset
+    from .methods import WEIGHTINGS
+    from .models import BACKBONES, HEADS, SHARING, resolve_sharing
     from .train.steps import STEPS
 
-    return {
+    scheme, _ = resolve_sharing(recipe.sharing, recipe.conv_unit)
+    heads = {f"head:{recipe.head}": _version(HEADS.get(recipe.head))} if recipe.head else {}
+    return {**heads,
         "trainer": TRAINER_VERSION,
         f"backbone:{recipe.backbone}": _version(BACKBONES.get(recipe.backbone)),
-        f"sharing:{recipe.sharing}": _version(SHARING.get(recipe.sharing)),
+        f"sharing:{scheme}": _version(SHARING.get(scheme)),
         f"weighting:{recipe.weighting}": _version(WEIGHTINGS.get(recipe.weighting)),
         f"update:{recipe.update}": _version(STEPS.get(recipe.update)),
         f"data:{recipe.dataset}": get_dataset(recipe.dataset).version,

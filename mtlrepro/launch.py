@@ -63,6 +63,7 @@ def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = Non
     one configuration are one job: it is planned once.
     """
     from .store import device_kind
+    from .train.steps import check_update_weighting
     from .train.trainer import pick_device
 
     kind = device_kind(pick_device(device))
@@ -72,6 +73,7 @@ def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = Non
         if r.status != "ready":
             skipped.append(r)
             continue
+        check_update_weighting(r.update, r.weighting)   # an unsupported pair stops the sweep before any run
         eff = apply_profile(r, profile)
         for s in (seeds if seeds is not None else list(eff.seeds)):
             if (eff.fingerprint, s) in seen:

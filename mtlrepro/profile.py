@@ -59,11 +59,11 @@ def profile_table(table: Table) -> list[RowProfile]:
                                   else "not implemented"))
             continue
         out_dims, shape = problem_shape(recipe)
-        key = repr((recipe.backbone, recipe.sharing, sorted(recipe.sharing_kwargs.items()), out_dims, shape))
+        key = repr((recipe.backbone, recipe.sharing, sorted(recipe.model_kwargs().items()), out_dims, shape))
         if key not in cache:
             import torch
             torch.manual_seed(0)
-            model = build_model(recipe.backbone, recipe.sharing, out_dims, **recipe.sharing_kwargs)
+            model = build_model(recipe.backbone, recipe.sharing, out_dims, **recipe.model_kwargs())
             cache[key] = count(model, shape)
         c = cache[key]
         out.append(RowProfile(row.key, row.label, row.group, recipe.id, c.params, c.flops, c.flops_unit,

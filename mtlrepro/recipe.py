@@ -28,6 +28,7 @@ from .tables import REPRODUCE_DIR, TableFormatError
 
 RECIPES_DIR = REPRODUCE_DIR / "recipes"
 NOT_RESULT_FIELDS = {"id", "table", "row", "seeds", "notes", "status", "fitted"}
+OPTIONAL_MODEL_FIELDS = ("head", "conv_unit", "head_kwargs")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Recipe:
     task_set: str                      # e.g. group8, attr40
     backbone: str                      # resnet18 | vgg16 | segnet | ...
     sharing: str                       # model family: hard_sharing, attentive, task_routing, ...
+    head: str | None = None            # per-task head (models.HEADS); None: the backbone's default
+    conv_unit: str | None = None       # conv unit the scheme builds with (None: conv -> BN)
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
     weighting: str = "equal"           # loss/gradient combination: equal, gradnorm, mgda_ub
     update: str = "joint"              # joint | steady_state | synchronized (one task per forward)
     sharing_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -62,8 +66,15 @@ class Recipe:
     fitted: dict[str, str] = field(default_factory=dict)   # column -> why it was fitted to the paper
 
     def result_dict(self) -> dict[str, Any]:
-        """Everything that can change a run's result, as written in the recipe."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RESULT_FIELDS}
+        """Everything that can change a run's result, as written in the recipe (the model fields
+        ``head``, ``conv_unit``, ``head_kwargs`` only when set, so their defaults add nothing)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RESULT_FIELDS
+                and not (f.name in OPTIONAL_MODEL_FIELDS and not getattr(self, f.name))}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`mtlrepro.models.build_model` after ``out_dims``."""
+        extra = {k: getattr(self, k) for k in OPTIONAL_MODEL_FIELDS if getattr(self, k)}
+        return {**extra, **self.sharing_kwargs}
 
     def resolved(self) -> dict[str, Any]:
         """:meth:`result_dict` with the in-code defaults of the model and weighting written out."""

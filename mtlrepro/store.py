@@ -56,6 +56,7 @@ class EpochRecord:
     metrics: dict[str, float]
     seconds: float
     task_weights: list[float] | None = None   # the weighting's coefficients, mean over the epoch's steps
+    weighting_logs: dict[str, Any] = field(default_factory=dict)   # its other per-step logs, epoch means
 
 
 @dataclass

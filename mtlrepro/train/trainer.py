@@ -28,7 +28,8 @@ from ..models import build_model
 from ..problems import build_problem
 from ..recipe import Recipe
 from ..store import EpochRecord, RunRecord, checkpoint_path, device_kind, environment, save_run
-from .steps import STEPS, evaluate
+from ..methods.logs import EpochLogs
+from .steps import STEPS, check_update_weighting, evaluate
 
 
 class RunFailed(RuntimeError):
@@ -134,7 +135,7 @@ def _complexity(backbone: str, sharing: str, kwargs: str, out_dims: tuple[int, .
 def run_complexity(recipe: Recipe, problem) -> dict:
     """fvcore params/MACs of this run's model at this run's input size (one image, one task)."""
     import json
-    return dict(_complexity(recipe.backbone, recipe.sharing, json.dumps(recipe.sharing_kwargs, sort_keys=True),
+    return dict(_complexity(recipe.backbone, recipe.sharing, json.dumps(recipe.model_kwargs(), sort_keys=True),
                             tuple(problem.out_dims), tuple(problem.input_shape)))
 
 
@@ -161,18 +162,26 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         torch.set_num_threads(int(os.environ["MTLREPRO_THREADS"]))
     segment_start = time.time()
     check_selection_rule(recipe.selection)
+    check_update_weighting(recipe.update, recipe.weighting)   # before any data or model is built
     if problem is None:
         problem = build_problem(recipe, profile, data_root, dev)
     precision = precision_policy(recipe, dev)
     torch.manual_seed(seed)
-    model = build_model(recipe.backbone, recipe.sharing, problem.out_dims, **recipe.sharing_kwargs).to(dev)
+    model = build_model(recipe.backbone, recipe.sharing, problem.out_dims, **recipe.model_kwargs()).to(dev)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     weighting = build_weighting(recipe.weighting, problem.n_tasks, **recipe.weighting_kwargs).to(dev)
     if model.task_conditional and recipe.update == "joint":
         raise ValueError(f"{recipe.id}: sharing {recipe.sharing!r} activates one task per forward; "
                          f"use update steady_state or synchronized")
-    optimizer = build_optimizer(recipe, model.parameters())
+    if recipe.update != "joint" and not model.task_conditional:
+        raise ValueError(f"{recipe.id}: update {recipe.update!r} runs one task per forward; sharing "
+                         f"{recipe.sharing!r} computes every task in one forward (use update joint)")
+    optimizer = build_optimizer(recipe, [*model.parameters(), *weighting.parameters_for_model_optimizer()])
+    weighting.bind_training(problem.task_loss, optimizer)
+    meta_batches = _MetaBatches(problem, recipe.batch_size, seed) if weighting.needs_validation_batches else None
+    if meta_batches is not None:
+        weighting.bind_validation(meta_batches.next)
     step_fn = STEPS.get(recipe.update)
     steps_per_epoch = problem.steps_per_epoch(recipe.batch_size, recipe.max_steps_per_epoch)
 
@@ -206,17 +215,16 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         t0 = time.time()
         model.train()
         loss_sum = torch.zeros((), device=dev)
-        weight_sum: torch.Tensor | None = None
+        logs = EpochLogs()
+        if meta_batches is not None:
+            meta_batches.set_epoch(epoch)
+        weighting.on_epoch_start(epoch)
         bar = _bar(progress, steps_per_epoch, f"{recipe.id} s{seed} e{epoch + 1}/{recipe.epochs}")
         for step, (x, targets) in enumerate(problem.train_batches(recipe.batch_size, epoch, seed,
                                                                   recipe.max_steps_per_epoch)):
             model.on_train_step(epoch * steps_per_epoch + step, steps_per_epoch)
             with autocast:
-                out = step_fn(model, weighting, optimizer, problem, x, targets)
-            loss, weights = out if isinstance(out, tuple) else (out, None)
-            loss_sum += loss
-            if weights is not None:
-                weight_sum = weights.detach().float() if weight_sum is None else weight_sum + weights.detach()
+                loss_sum += step_fn(model, weighting, optimizer, problem, x, targets, logs=logs)
             if bar:
                 bar.update(1)
         if bar:
@@ -228,11 +236,13 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
             save_run(record, results_root)
             ckpt.unlink(missing_ok=True)
             raise RunFailed(record.failure)
+        weighting.on_epoch_end(epoch)
         model.on_epoch_end(epoch)
         metrics = evaluate(model, problem, max(recipe.batch_size, 256))
-        task_weights = None if weight_sum is None else (weight_sum / steps_per_epoch).cpu().tolist()
+        step_logs = logs.means()
         record.epochs.append(EpochRecord(epoch=epoch + 1, train_loss=train_loss, metrics=metrics,
-                                         seconds=time.time() - t0, task_weights=task_weights))
+                                         seconds=time.time() - t0, task_weights=step_logs.pop("task_weights", None),
+                                         weighting_logs=step_logs))
         if epoch == start_epoch:  # an unknown selection metric fails now, not after the last epoch
             select_final(record.epochs, recipe.selection)
         _save_checkpoint(ckpt, {
@@ -251,6 +261,30 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     save_run(record, results_root)
     ckpt.unlink(missing_ok=True)
     return record
+
+
+class _MetaBatches:
+    """The batches a bilevel method (Auto-λ) learns its task weights on: a second, independently
+    shuffled stream over the TRAINING split, as the official Auto-λ code draws them (never the
+    evaluation split, which is the reported test set for the dense tables). The stream of epoch
+    ``e`` is ``train_batches(..., epoch=e, seed=seed + META_SEED_OFFSET)`` and cycles within the
+    epoch, so a resumed run sees the same meta-batches as an uninterrupted one."""
+
+    META_SEED_OFFSET = 7_919
+
+    def __init__(self, problem, batch_size: int, seed: int):
+        self.problem, self.batch_size, self.seed = problem, batch_size, seed
+        self._it = None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        def stream():
+            while True:
+                yield from self.problem.train_batches(self.batch_size, epoch, self.seed + self.META_SEED_OFFSET)
+        self._it = stream()
+
+    def next(self):
+        return next(self._it)
 
 
 def check_selection_rule(rule: str) -> None:

@@ -77,3 +77,26 @@ def test_an_unknown_selection_metric_fails_the_run_after_its_first_epoch(tmp_pat
     recipe = _tiny("etr_nlp/table4/hard_sharing_g8", epochs=3, selection="best:fscroe")
     with pytest.raises(ValueError, match="fscroe"):
         train_run(recipe, 0, "tiny", results_root=tmp_path, progress=False, device="cpu")
+
+
+def test_every_epoch_records_the_task_weights_of_its_weighting(tmp_path, tiny_env):
+    equal = train_run(_tiny("etr_nlp/table4/hard_sharing_g8", epochs=2), 0, "tiny", results_root=tmp_path,
+                      progress=False, device="cpu")
+    assert [e.task_weights for e in equal.epochs] == [[1.0] * 8, [1.0] * 8]
+    gn = train_run(_tiny("etr_nlp/table4/gradnorm_g8", epochs=2), 0, "tiny", results_root=tmp_path,
+                   progress=False, device="cpu")
+    w = [e.task_weights for e in gn.epochs]
+    assert len(w[0]) == 8 and w[0] != w[1] and w[1] != [1.0] * 8   # GradNorm's weights move
+    assert sum(w[1]) == pytest.approx(8.0, rel=1e-5)                   # renormalised to sum T
+    tr = train_run(_tiny("etr_nlp/table4/task_routing_g8", epochs=1), 0, "tiny", results_root=tmp_path,
+                   progress=False, device="cpu")
+    assert tr.epochs[0].task_weights == [1.0] * 8                      # steady state: each task on L_t
+
+
+def test_an_unsupported_update_weighting_pair_fails_before_any_data_is_built(tmp_path, monkeypatch):
+    from mtlrepro.data import datasets
+    monkeypatch.setattr(datasets.DatasetSpec, "build_problem",
+                        lambda *a, **k: pytest.fail("built data for a rejected pair"))
+    recipe = _tiny("etr_nlp/table4/task_routing_g8", weighting="gradnorm")
+    with pytest.raises(ValueError, match="gradnorm"):
+        train_run(recipe, 0, "tiny", results_root=tmp_path, progress=False, device="cpu")

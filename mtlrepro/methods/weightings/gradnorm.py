@@ -1,12 +1,13 @@
 """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from mtlrepro.methods.base import WEIGHTINGS, Weighting, batched_grad
+from mtlrepro.methods.gradients import task_gradients
+from mtlrepro.methods.weightings.base import LossWeighting
 
 __all__ = ["GradNorm", "last_shared_weights"]
 
@@ -30,8 +31,7 @@ def last_shared_weights(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-@WEIGHTINGS.register("gradnorm")
-class GradNorm(Weighting):
+class GradNorm(LossWeighting):
     r"""GradNorm: learn task weights that balance the tasks' gradient norms and training rates.
 
     With learnable weights :math:`w_t` (initialised to 1) and the weights :math:`W` of the last
@@ -53,7 +53,8 @@ class GradNorm(Weighting):
       ``initial_losses`` buffer, so a resumed run keeps them);
     * ``sg`` = stop-gradient: the target is a constant, as in the paper.
 
-    Gradient norms: the per-task gradients :math:`\nabla_W L_t` are computed in ONE batched
+    Gradient norms: the per-task gradients :math:`\nabla_W L_t` come from the engine
+    (:func:`~mtlrepro.methods.gradients.task_gradients`) in ONE batched
     ``torch.autograd.grad`` call (``is_grads_batched=True`` over the ``T`` one-hot
     ``grad_outputs``), falling back to a loop over tasks when some op has no batching rule
     (``batched=False`` forces the loop). Because :math:`G_t = |w_t|\,\lVert\nabla_W L_t\rVert`,
@@ -88,8 +89,11 @@ class GradNorm(Weighting):
         2.0
     """
 
-    name = "gradnorm"
-    needs_representation = False
+    name: ClassVar[str] = "gradnorm"
+    separable: ClassVar[bool] = False
+    not_separable_because: ClassVar[str] = (
+        "its weight update couples all tasks (every task's loss ratio and gradient norm on the last "
+        "shared layer at the same parameters, from one joint forward)")
 
     def __init__(
         self,
@@ -130,7 +134,7 @@ class GradNorm(Weighting):
     def task_gradient_norms(self, losses: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """``||grad_W L_t||`` for every task, shape ``(T,)``, detached (graph retained)."""
         weights = last_shared_weights(model)
-        grads, used = batched_grad(losses, weights, batched=self.batched)
+        grads, used = task_gradients(losses, weights, batched=self.batched)
         self.last_used_batched = used
         sq = sum(g.flatten(1).pow(2).sum(1) for g in grads)
         return sq.sqrt().detach()

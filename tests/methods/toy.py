@@ -1,0 +1,55 @@
+"""A tiny hard-sharing MTLModel and helpers shared by the method tests."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# --------------------------------------------------------------------------- a tiny MTLModel
+class TinyMTL(nn.Module):
+    """The hard-sharing MTLModel interface on an MLP: encoder Linear->ReLU->Linear, T linear heads."""
+
+    def __init__(self, n_tasks: int = 3, d_in: int = 6, hidden: int = 16, d_z: int = 8):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_z))
+        self.heads = nn.ModuleList(nn.Linear(d_z, 1) for _ in range(n_tasks))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        return self.heads[t](z).squeeze(-1)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def last_shared_layer(self) -> nn.Module:
+        return self.encoder[2]
+
+    def task_parameters(self, t: int) -> list[nn.Parameter]:
+        return list(self.heads[t].parameters())
+
+
+def make_batch(n_tasks: int = 3, batch: int = 32, d_in: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, d_in, generator=g)
+    y = torch.randn(batch, n_tasks, generator=g) * torch.arange(1, n_tasks + 1)  # unequal scales
+    return x, y
+
+
+def task_losses(model: TinyMTL, x: torch.Tensor, y: torch.Tensor):
+    z = model.encode(x)
+    losses = torch.stack([((model.decode(z, t) - y[:, t]) ** 2).mean() for t in range(y.shape[1])])
+    return losses, z
+
+
+def grads_of(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+def assert_grads_close(a: list[torch.Tensor], b: list[torch.Tensor], atol: float = 1e-6) -> None:
+    assert len(a) == len(b)
+    for ga, gb in zip(a, b):
+        torch.testing.assert_close(ga, gb, atol=atol, rtol=1e-5)
