@@ -10,7 +10,7 @@ Two shapes, each for Maximum Roaming and ETR-NLP:
   ``update_every`` 1; ETR-NLP ``gamma`` 0.9). Targets are random but shaped and typed as
   :class:`~mtlrepro.problems.dense.DenseProblem` serves them (an int8 label map with -1 =
   ignore expanded to one (B, 1, H, W) 0/1 mask per class task, (B, 1, H, W) depth with invalid
-  zeros), and the losses are the problem's own (``dense.task_loss_fn``: sigmoid BCE over all
+  zeros), and the losses are the problem's own (``tasks.task_loss_fn``: sigmoid BCE over all
   pixels, L1 over valid depth). Test ids ``[segnet-mr8-<scheme>-<mode>]``.
 
 Phases:
@@ -64,7 +64,8 @@ import torch
 import torch.nn.functional as F
 
 from mtlrepro.models import build_model
-from mtlrepro.problems.dense import batch_target, dense_tasks, task_loss_fn
+from mtlrepro.problems.dense import dense_tasks
+from mtlrepro.tasks import batch_target, task_loss_fn
 from mtlrepro.train.steps import STEPS
 
 SCHEMES = ["max_roaming", "etr_nlp"]

@@ -95,3 +95,12 @@ def test_a_configuration_shared_by_tables_is_planned_and_trained_once(tmp_path, 
         runs = collect_runs(get_table(table), "tiny", [0], tmp_path)[row].runs
         assert [r.fingerprint for r in runs] == [fingerprint]
     assert len(list((tmp_path / "runs").rglob("seed0.json"))) == 1
+
+
+def test_model_fields_head_and_conv_unit_are_fingerprinted_only_when_set():
+    r = get_recipe("etr_nlp/table4/hard_sharing_g8")
+    assert "head" not in r.result_dict() and "conv_unit" not in r.result_dict()
+    assert r.with_overrides(head="linear").fingerprint != r.fingerprint
+    # hard_sharing + conv unit nlp is the nlp scheme: the resolved configuration says so
+    nlp = r.with_overrides(conv_unit="nlp")
+    assert nlp.fingerprint != r.fingerprint and "sharing:nlp" in nlp.implementation()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 
 from ..data.celeba import celeba_tasks, load_celeba
 from ..metrics.classification import MultiLabelPRF
+from ..tasks.attributes import attributes_loss
 from .base import Problem, Split
 from .paths import cache_dir_override, data_root_or_explain, ensure_tiny_dataset
 
@@ -53,7 +53,7 @@ def build_celeba_problem(recipe, profile: str, data_root: str | None, device: to
         return (x.float() / 255.0).contiguous(memory_format=memory_format)
 
     def task_loss(t: int, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(out, target)
+        return attributes_loss(out, target)
 
     n_labels = sum(len(t.attr_indices) for t in tasks)
     return Problem(

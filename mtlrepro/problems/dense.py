@@ -13,7 +13,8 @@ nyuv2 ``std3``          ``segmentation`` (13) + ``depth`` (1) + ``normals`` (3) 
 
 Model outputs: per task a tensor (B, out_dim, H, W) at the input resolution, raw (logits for
 segmentation, unnormalised vectors for normals). Losses (MTAN's ``model_fit``, Max Roaming's
-``model_fit``), each a mean over the pixels it is defined on:
+``model_fit``; implemented per task kind in :mod:`mtlrepro.tasks`), each a mean over the pixels it
+is defined on:
 
 * one-vs-rest segmentation: sigmoid + binary cross-entropy over **all** pixels; ignore pixels
   (-1) are negatives for every class, as Max Roaming's one-hot encoding makes them;
@@ -73,10 +74,11 @@ import torch.nn.functional as F
 
 from ..data.mtan_npy import DenseTensors, MtanSpec
 from ..metrics import BinaryIoUPerImage, ConfusionMatrixIoU, DepthErrors, NormalAngles
+from ..tasks import Task, batch_target, task_loss_fn
+from ..tasks.normals import NORMAL_KEYS
+from ..tasks.segmentation import SEG_KEYS, as_mask
 from .base import Problem, Split
-from .paths import cache_dir_override, data_root_or_explain, ensure_tiny
-
-TINY_SIZES = {"n_train": 16, "n_val": 8}
+from .paths import cache_dir_override, data_root_or_explain, ensure_tiny_dataset
 
 #: Samples per metric batch: the reference code's test batch size (see the module docstring).
 METRIC_BATCH_SIZE: dict[str, int] = {"cityscapes": 8, "nyuv2": 2}
@@ -90,16 +92,6 @@ MR_EMPTY_BATCHES: dict[str, str] = {"cityscapes": "zero", "nyuv2": "exclude"}
 # --------------------------------------------------------------------------- task sets
 
 
-@dataclass(frozen=True)
-class DenseTask:
-    """One task of a dense problem."""
-
-    name: str
-    kind: str                # "binary_seg" | "seg" | "depth" | "normals"
-    out_dim: int
-    cls: int | None = None   # the class of a "binary_seg" task
-
-
 def _spec(dataset: str) -> MtanSpec:
     if dataset == "cityscapes":
         from ..data.cityscapes import CITYSCAPES
@@ -111,84 +103,19 @@ def _spec(dataset: str) -> MtanSpec:
     raise UnknownKeyError("dense dataset", dataset, ["cityscapes", "nyuv2"])
 
 
-TASK_SETS: dict[str, tuple[str, ...]] = {"cityscapes": ("mr8", "std2"), "nyuv2": ("mr15", "std3")}
-
-
-def dense_tasks(dataset: str, task_set: str) -> list[DenseTask]:
+def dense_tasks(dataset: str, task_set: str) -> list[Task]:
     """The tasks of ``task_set`` on ``dataset`` ("cityscapes": mr8 | std2; "nyuv2": mr15 | std3)."""
+    from ..data.datasets import get_dataset
     spec = _spec(dataset)
-    if task_set not in TASK_SETS[dataset]:
-        from ..registry import UnknownKeyError
-        raise UnknownKeyError(f"{spec.title} task set", task_set, list(TASK_SETS[dataset]))
+    get_dataset(dataset).task_set(task_set)   # unknown sets raise with the closest names
     if task_set.startswith("mr"):
-        tasks = [DenseTask(f"seg_{c}", "binary_seg", 1, i) for i, c in enumerate(spec.class_names)]
+        tasks = [Task(f"seg_{c}", "binary_seg", 1, i) for i, c in enumerate(spec.class_names)]
     else:
-        tasks = [DenseTask("segmentation", "seg", spec.n_classes)]
-    tasks.append(DenseTask("depth", "depth", 1))
+        tasks = [Task("segmentation", "seg", spec.n_classes)]
+    tasks.append(Task("depth", "depth", 1))
     if spec.has_normals:
-        tasks.append(DenseTask("normals", "normals", 3))
+        tasks.append(Task("normals", "normals", 3))
     return tasks
-
-
-# --------------------------------------------------------------------------- targets and losses
-
-
-def _as_mask(target: torch.Tensor, cls: int) -> torch.Tensor:
-    """A (B, 1, H, W) float 0/1 mask, from a mask or from a (B, H, W) label map (-1 -> 0)."""
-    if target.dim() == 4 and target.is_floating_point():
-        return target
-    if target.dim() == 4:
-        target = target[:, 0]
-    return (target == cls).unsqueeze(1).to(torch.float32)
-
-
-def batch_target(task: DenseTask, stored: torch.Tensor) -> torch.Tensor:
-    """A batch of stored targets (int8 labels, float32 depth/normals) -> the task's batch target."""
-    if task.kind == "binary_seg":
-        return _as_mask(stored, task.cls)  # type: ignore[arg-type]
-    if task.kind == "seg":
-        return stored.long()
-    return stored
-
-
-def binary_seg_loss(out: torch.Tensor, target: torch.Tensor, cls: int) -> torch.Tensor:
-    """Sigmoid BCE over all pixels (Max Roaming: ``F.binary_cross_entropy(sigmoid(out), mask)``)."""
-    return F.binary_cross_entropy_with_logits(out, _as_mask(target, cls).to(out.dtype))
-
-
-def seg_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over pixels labelled != -1 (MTAN: ``nll_loss(log_softmax, ignore_index=-1)``).
-
-    A batch without any labelled pixel gives 0 (MTAN: NaN); no host sync either way.
-    """
-    target = target.long()
-    if target.dim() == 4:
-        target = target[:, 0]
-    total = F.cross_entropy(out, target, ignore_index=-1, reduction="sum")
-    return total / (target != -1).sum().clamp(min=1)
-
-
-def depth_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean |out - target| over pixels with target != 0 (MTAN's and Max Roaming's L1)."""
-    valid = target != 0
-    pred = torch.where(valid, out, target)  # invalid pixels: zero error and zero gradient
-    return (pred - target).abs().sum() / valid.sum().clamp(min=1)
-
-
-def normals_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - mean cosine(normalise(out), target) over pixels whose target is not all-zero (MTAN)."""
-    valid = (target != 0).any(1, keepdim=True)
-    pred = torch.where(valid, out, torch.ones_like(out))  # finite stand-in at invalid pixels
-    pred = F.normalize(pred, p=2.0, dim=1, eps=1e-12)
-    cos = torch.where(valid, (pred * target).sum(1, keepdim=True), torch.zeros_like(valid, dtype=pred.dtype))
-    return 1.0 - cos.sum() / valid.sum().clamp(min=1)
-
-
-def task_loss_fn(task: DenseTask) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if task.kind == "binary_seg":
-        cls = task.cls
-        return lambda out, target: binary_seg_loss(out, target, cls)  # type: ignore[arg-type]
-    return {"seg": seg_loss, "depth": depth_loss, "normals": normals_loss}[task.kind]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -206,11 +133,6 @@ class _BinaryIoUExcludeEmptyBatches(BinaryIoUPerImage):
         return np.divide(100.0 * s, cnt, out=np.full_like(s, np.nan), where=cnt > 0)
 
 
-#: Keys of the segmentation metrics, per definition (see the module docstring).
-SEG_KEYS: dict[str, tuple[str, str]] = {"binary": ("miou_binary", "pixel_acc_binary"),
-                                        "confusion": ("miou", "pixel_acc")}
-
-
 def one_hot_argmax(scores: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) class scores -> (B, C, H, W) float 0/1 masks, 1 where the class is the argmax."""
     classes = torch.arange(scores.shape[1], device=scores.device).view(1, -1, 1, 1)
@@ -225,7 +147,7 @@ class DenseEvaluator:
     the split may be smaller, as the reference's last test batch).
     """
 
-    def __init__(self, tasks: list[DenseTask], n_classes: int, metric_batch: int = 8,
+    def __init__(self, tasks: list[Task], n_classes: int, metric_batch: int = 8,
                  mr_empty_batches: str = "zero"):
         if metric_batch < 1:
             raise ValueError("metric_batch must be >= 1")
@@ -278,7 +200,7 @@ class DenseEvaluator:
     def _update_batch(self, outs: list[torch.Tensor], tgts: list[torch.Tensor]) -> None:
         if self.binary_idx:
             logits = torch.cat([outs[i] for i in self.binary_idx], 1)
-            masks = torch.cat([_as_mask(tgts[i], c) for i, c in zip(self.binary_idx, self.binary_cls)], 1)
+            masks = torch.cat([as_mask(tgts[i], c) for i, c in zip(self.binary_idx, self.binary_cls)], 1)
             self.binary.update(logits, masks)  # type: ignore[union-attr]
             positive = masks > 0.5  # one-hot: argmax is the class; no class -> ignore (-1)
             labels = torch.where(positive.any(1), masks.argmax(1),
@@ -314,7 +236,6 @@ class DenseEvaluator:
         return out
 
 
-_NORMAL_KEYS = ("mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30")
 
 
 def metric_keys(dataset: str, task_set: str) -> list[str]:
@@ -324,7 +245,7 @@ def metric_keys(dataset: str, task_set: str) -> list[str]:
     keys = [*SEG_KEYS["binary"], *SEG_KEYS["confusion"], "abs_err", "rel_err", "abs_err_pooled",
             "rel_err_pooled"]
     if _spec(dataset).has_normals:
-        keys += [*_NORMAL_KEYS, *(f"{k}_pooled" for k in _NORMAL_KEYS)]
+        keys += [*NORMAL_KEYS, *(f"{k}_pooled" for k in NORMAL_KEYS)]
     return primary + [k for k in keys if k not in primary]
 
 
@@ -334,7 +255,7 @@ def primary_metric_keys(dataset: str, task_set: str) -> list[str]:
     depth and normal errors for both (MTAN and Max Roaming average per batch)."""
     keys = list(SEG_KEYS["binary" if task_set.startswith("mr") else "confusion"]) + ["abs_err", "rel_err"]
     if _spec(dataset).has_normals:
-        keys += list(_NORMAL_KEYS)
+        keys += list(NORMAL_KEYS)
     return keys
 
 
@@ -385,7 +306,6 @@ def _resize(d: DenseTensors, hw: tuple[int, int]) -> tuple[torch.Tensor, ...]:
 
 def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | None,
                          device: torch.device) -> DenseProblem:
-    from ..data import generate as _gen
     from ..data.mtan_npy import load_mtan
 
     spec = _spec(dataset)
@@ -395,7 +315,7 @@ def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | No
                          "train and val only, and val is the test split of the papers: use 'val'")
     hw = dense_input_hw(spec, recipe.image_size)
     if profile == "tiny":
-        root = ensure_tiny(dataset, getattr(_gen, f"generate_{dataset}"), seed=0, **TINY_SIZES)
+        root = ensure_tiny_dataset(dataset)
         expect, synthetic = "any", True
     else:
         if hw != spec.hw:

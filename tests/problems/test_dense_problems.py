@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from mtlrepro.data import DataError
 from mtlrepro.metrics import BinaryIoUPerImage
 from mtlrepro.problems import build_problem, problem_shape
-from mtlrepro.problems.dense import (DenseEvaluator, DenseTask, binary_seg_loss, dense_tasks,
-                                     depth_loss, metric_keys, normals_loss, primary_metric_keys,
-                                     seg_loss)
+from mtlrepro.problems.dense import DenseEvaluator, dense_tasks, metric_keys, primary_metric_keys
+from mtlrepro.tasks import Task as DenseTask
+from mtlrepro.tasks.depth import depth_loss
+from mtlrepro.tasks.normals import normals_loss
+from mtlrepro.tasks.segmentation import binary_seg_loss, seg_loss
 from mtlrepro.problems.paths import expected_layout
 from mtlrepro.recipe import Recipe
 from mtlrepro.registry import UnknownKeyError
