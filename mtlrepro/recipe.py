@@ -60,6 +60,7 @@ class Recipe:
     tf32: bool = False                 # TF32 matmuls/convolutions on GPUs (set explicitly, recorded)
     channels_last: bool = False
     max_steps_per_epoch: int | None = None   # only the tiny profile sets it
+    measure_conflicts: int = 0         # every k epochs, CoNAL Table 1's gradient-conflict ratios (0: off)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     status: str = "ready"              # ready | not_implemented
     notes: str = ""

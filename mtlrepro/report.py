@@ -178,6 +178,26 @@ def _header(td: TableDiff) -> list[str]:
     ]
 
 
+def _conflicts_section(td: TableDiff) -> list[str]:
+    """CoNAL Table 1's shape for every run that measured gradient conflicts (recipe field
+    ``measure_conflicts``): the last measurement of each run, one row per run."""
+    from .conflicts import conflict_table, paper_label
+
+    rows = []
+    for rr in td.runs.values():
+        for rec in rr.runs:
+            last = next((e.conflicts for e in reversed(rec.epochs) if e.conflicts), None)
+            if last:
+                label = paper_label(rec.recipe.get("sharing", "?"), rec.recipe.get("weighting", "equal"))
+                rows.append((f"{label} seed {rec.seed}", last))
+    if not rows:
+        return []
+    return ["## Gradient conflict (shape of CoNAL Table 1)", "",
+            "Share (%) of (training batch, task pair) whose task gradients on the module's shared "
+            "parameters have negative cosine similarity, at the last measured epoch (`mtlrepro.conflicts`).",
+            "", conflict_table(rows), ""]
+
+
 def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: bool = True) -> str:
     table = td.table
     lines = _header(td) + _legend(td)
@@ -213,6 +233,7 @@ def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: 
     lines += _definitions_section(table)
     if with_complexity:
         lines += _complexity_section(td)
+    lines += _conflicts_section(td)
     failed = [(rr.recipe.id if rr.recipe else k, r) for k, rr in td.runs.items() for r in rr.failed]
     if failed:
         lines += ["## Failed runs", ""]

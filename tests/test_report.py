@@ -14,6 +14,8 @@ from mtlrepro.report import _speed_options
 from mtlrepro.store import RunRecord
 from tests.golden import report_table4 as fixture
 
+from .harness_utils import tiny_env  # noqa: F401 (fixture)
+
 
 def _rec(rid: str, **recipe) -> RunRecord:
     return RunRecord(recipe_id=rid, fingerprint="f", seed=0, profile="tiny", status="finished",
@@ -198,3 +200,26 @@ def test_report_states_each_columns_definition_from_the_registry(tmp_path):
             d = get_def(col.metric or col.key)
             want = f"{d.quantity}: {d.definition}" if d else "undefined"
             assert f"- {col.label}: `{col.metric or col.key}` — {want}" in text
+
+
+def test_report_shows_the_gradient_conflicts_of_runs_that_measured_them(tmp_path, tiny_env):
+    import dataclasses
+
+    from mtlrepro.compare import compare_table
+    from mtlrepro.recipe import apply_profile, recipe_sets
+    from mtlrepro.report import render
+    from mtlrepro.tables import get_table
+    from mtlrepro.train import train_run
+
+    table, rs = get_table("etr_nlp/table4"), recipe_sets()["etr_nlp/table4"]
+    hs = next(r for r in rs.recipes if r.row == "hard_sharing_g8")
+    train_run(apply_profile(hs, "tiny"), 0, "tiny", results_root=tmp_path, progress=False, device="cpu")
+    plain = dataclasses.replace(rs, recipes=tuple(hs if r.row == hs.row else r for r in rs.recipes))
+    assert "Gradient conflict" not in render(compare_table(table, "tiny", [0], tmp_path, plain), plain)
+    measuring = hs.with_overrides(measure_conflicts=1)
+    rec = train_run(apply_profile(measuring, "tiny"), 0, "tiny", results_root=tmp_path, progress=False,
+                    device="cpu")
+    with_conflicts = dataclasses.replace(rs, recipes=tuple(measuring if r.row == hs.row else r for r in rs.recipes))
+    text = render(compare_table(table, "tiny", [0], tmp_path, with_conflicts), with_conflicts)
+    assert "## Gradient conflict" in text and "f_S^1 (stem)" in text and "HPS seed 0" in text
+    assert rec.epochs[0].conflicts and f"{rec.epochs[-1].conflicts['ratio']['layer4']:.2f}" in text

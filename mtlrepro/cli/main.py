@@ -11,6 +11,7 @@ import importlib
 import sys
 
 VERBS = ["tables", "table", "audit", "recipes", "plan", "run", "profile", "diff", "report", "reproduce"]
+VERBS += ["conflicts"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -238,11 +238,15 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
             raise RunFailed(record.failure)
         weighting.on_epoch_end(epoch)
         model.on_epoch_end(epoch)
+        conflicts = None
+        if recipe.measure_conflicts and (epoch + 1) % recipe.measure_conflicts == 0:
+            from ..conflicts import measure_conflicts   # leaves the model, its buffers and the RNG as they were
+            conflicts = measure_conflicts(model, problem, recipe.batch_size)
         metrics = evaluate(model, problem, max(recipe.batch_size, 256))
         step_logs = logs.means()
         record.epochs.append(EpochRecord(epoch=epoch + 1, train_loss=train_loss, metrics=metrics,
                                          seconds=time.time() - t0, task_weights=step_logs.pop("task_weights", None),
-                                         weighting_logs=step_logs))
+                                         weighting_logs=step_logs, conflicts=conflicts))
         if epoch == start_epoch:  # an unknown selection metric fails now, not after the last epoch
             select_final(record.epochs, recipe.selection)
         _save_checkpoint(ckpt, {

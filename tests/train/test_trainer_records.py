@@ -100,3 +100,16 @@ def test_an_unsupported_update_weighting_pair_fails_before_any_data_is_built(tmp
     recipe = _tiny("etr_nlp/table4/task_routing_g8", weighting="gradnorm")
     with pytest.raises(ValueError, match="gradnorm"):
         train_run(recipe, 0, "tiny", results_root=tmp_path, progress=False, device="cpu")
+
+
+def test_per_epoch_conflict_measurement_is_recorded_and_changes_no_training(tmp_path, tiny_env):
+    base = _tiny("etr_nlp/table4/hard_sharing_g8", epochs=2)
+    plain = train_run(base, 0, "tiny", results_root=tmp_path / "a", progress=False, device="cpu")
+    measured = train_run(base.with_overrides(measure_conflicts=2), 0, "tiny", results_root=tmp_path / "b",
+                         progress=False, device="cpu")
+    assert measured.fingerprint != plain.fingerprint
+    assert measured.epochs[0].conflicts is None and plain.epochs[1].conflicts is None
+    ratios = measured.epochs[1].conflicts
+    assert ratios and all(0.0 <= v <= 100.0 for v in ratios["ratio"].values())
+    for a, b in zip(plain.epochs, measured.epochs):
+        assert a.train_loss == b.train_loss and a.metrics == b.metrics
