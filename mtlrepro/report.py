@@ -43,16 +43,20 @@ def _fmt(x: float | None, std: float | None = None, digits: int = 4) -> str:
 
 
 def _speed_options(records) -> str:
-    """Which stored runs used the non-default speed options (bf16 autocast, channels-last):
-    they change float rounding, so a report says so whenever one was on."""
+    """Which stored runs used the non-default precision or speed options (bf16 autocast, TF32
+    matmuls on a GPU, channels-last): they change float rounding, so a report says so whenever one
+    was on. TF32 counts as on when the run's environment says it was in force."""
     used = {}
     for r in records:
+        prec = (r.environment or {}).get("precision") or {}
         opts = [name for key, name in (("amp", "bf16 autocast"), ("channels_last", "channels-last"))
                 if (r.recipe or {}).get(key)]
+        if prec.get("tf32"):
+            opts.append("TF32")
         if opts:
             used.setdefault(", ".join(opts), set()).add(r.recipe_id)
     if not used:
-        return "float32, default memory layout in every run (amp and channels_last off)"
+        return "float32 (no TF32), default memory layout in every run (amp, tf32 and channels_last off)"
     return "; ".join(f"**{opts}** in {', '.join(f'`{i}`' for i in sorted(ids))}"
                      for opts, ids in sorted(used.items()))
 
@@ -174,8 +178,24 @@ def _header(td: TableDiff) -> list[str]:
         f"- **Devices:** {', '.join(devices) or '—'}; torch {', '.join(torches) or '—'}",
         f"- **Code:** runs from git {', '.join(shas) or '—'}; report from git {git_sha()}",
         f"- **Precision / layout:** {_speed_options(records)}",
+        f"- **Data:** {_data_checksums(records)}",
         "",
     ]
+
+
+def _data_checksums(records) -> str:
+    """The checksums of the tensors the runs trained and evaluated on (``record.data``)."""
+    seen: dict[str, int] = {}
+    for r in records:
+        key = str((r.data or {}).get("checksum") or "not recorded")
+        seen[key] = seen.get(key, 0) + 1
+    if not seen:
+        return "—"
+    parts = [f"`{k[:12]}` ({n} run{'s' if n > 1 else ''})" for k, n in sorted(seen.items())]
+    if len(seen) == 1:
+        return f"checksum {parts[0]} of the tensors trained and evaluated on"
+    return (f"{len(seen)} different data checksums: " + ", ".join(parts) +
+            " (rows at different input sizes, or data that changed between runs)")
 
 
 def _conflicts_section(td: TableDiff) -> list[str]:

@@ -24,7 +24,7 @@ def _rec(rid: str, **recipe) -> RunRecord:
 
 def test_speed_options_are_reported_when_used():
     plain = [_rec("t/a", amp=False, channels_last=False), _rec("t/b")]
-    assert "amp and channels_last off" in _speed_options(plain)
+    assert "amp, tf32 and channels_last off" in _speed_options(plain)
     mixed = plain + [_rec("t/c", amp=True), _rec("t/d", amp=True, channels_last=True), _rec("t/e", amp=True)]
     text = _speed_options(mixed)
     assert "**bf16 autocast** in `t/c`, `t/e`" in text
@@ -223,3 +223,13 @@ def test_report_shows_the_gradient_conflicts_of_runs_that_measured_them(tmp_path
     text = render(compare_table(table, "tiny", [0], tmp_path, with_conflicts), with_conflicts)
     assert "## Gradient conflict" in text and "f_S^1 (stem)" in text and "HPS seed 0" in text
     assert rec.epochs[0].conflicts and f"{rec.epochs[-1].conflicts['ratio']['layer4']:.2f}" in text
+
+
+def test_report_does_not_claim_float32_when_tf32_was_on():
+    def rec(tf32: bool) -> RunRecord:
+        return RunRecord(recipe_id="t/r/x", fingerprint="f" * 64, seed=0, profile="full", status="finished",
+                         recipe={"amp": False}, data={},
+                         environment={"precision": {"dtype": "float32", "amp": None, "tf32": tf32}})
+    assert "no TF32" in _speed_options([rec(False)])
+    text = _speed_options([rec(False), rec(True)])
+    assert "**TF32** in `t/r/x`" in text and "no TF32" not in text
