@@ -68,6 +68,10 @@ def resolve(recipe) -> dict[str, Any]:
 
     d = recipe.result_dict()
     scheme, unit_kwargs = resolve_sharing(recipe.sharing, recipe.conv_unit)
+    # one configuration, one fingerprint: aliases and (scheme, conv unit) spellings resolve
+    d["sharing"] = scheme
+    d.pop("conv_unit", None)
+    d["weighting"] = WEIGHTINGS.get(recipe.weighting).name
     d["sharing_kwargs"] = resolve_kwargs({**unit_kwargs, **recipe.sharing_kwargs}, SHARING.get(scheme).__init__,
                                          BACKBONES.get(recipe.backbone))
     d["weighting_kwargs"] = resolve_kwargs(dict(recipe.weighting_kwargs), WEIGHTINGS.get(recipe.weighting).__init__)
@@ -91,7 +95,7 @@ def implementation_versions(recipe) -> dict[str, int]:
         "trainer": TRAINER_VERSION,
         f"backbone:{recipe.backbone}": _version(BACKBONES.get(recipe.backbone)),
         f"sharing:{scheme}": _version(SHARING.get(scheme)),
-        f"weighting:{recipe.weighting}": _version(WEIGHTINGS.get(recipe.weighting)),
+        f"weighting:{WEIGHTINGS.get(recipe.weighting).name}": _version(WEIGHTINGS.get(recipe.weighting)),
         f"update:{recipe.update}": _version(STEPS.get(recipe.update)),
         f"data:{recipe.dataset}": get_dataset(recipe.dataset).version,
     }

@@ -172,6 +172,7 @@ class RecipeSet:
     choices: tuple[dict, ...]
     path: Path
     figure: dict | None = None        # set for figure sweeps (no printed numbers to diff against)
+    suite: dict | None = None         # set for method suites (no published table: run, not diffed)
     tolerances: dict[str, float | str] = field(default_factory=dict)   # column -> abs or "N%"
 
 
@@ -183,7 +184,8 @@ def load_recipe_file(path: Path) -> RecipeSet:
     tolerances = dict(data.get("tolerances") or {})
     for key, tol in tolerances.items():
         parse_tolerance(tol, 1.0, where=f"{path} tolerances.{key}")
-    return RecipeSet(table, recipes, tuple(data.get("choices") or ()), path, data.get("figure"), tolerances)
+    return RecipeSet(table, recipes, tuple(data.get("choices") or ()), path, data.get("figure"), tolerances,
+                     data.get("suite"))
 
 
 def parse_tolerance(tol: float | str, published: float, where: str = "tolerance") -> float:

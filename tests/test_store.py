@@ -104,3 +104,12 @@ def test_model_fields_head_and_conv_unit_are_fingerprinted_only_when_set():
     # hard_sharing + conv unit nlp is the nlp scheme: the resolved configuration says so
     nlp = r.with_overrides(conv_unit="nlp")
     assert nlp.fingerprint != r.fingerprint and "sharing:nlp" in nlp.implementation()
+    assert nlp.resolved()["sharing"] == "nlp" and "conv_unit" not in nlp.resolved()
+
+
+def test_aliases_and_equivalent_spellings_are_one_configuration():
+    r = get_recipe("etr_nlp/table4/hard_sharing_g8")
+    assert r.with_overrides(weighting="hard_sharing").fingerprint == r.with_overrides(weighting="equal").fingerprint
+    assert r.with_overrides(weighting="uncertainty").fingerprint == r.with_overrides(weighting="uw").fingerprint
+    assert r.with_overrides(conv_unit="nlp").fingerprint == r.with_overrides(sharing="nlp").fingerprint
+    assert r.with_overrides(weighting="rlw").fingerprint != r.with_overrides(weighting="uw").fingerprint
