@@ -1,6 +1,8 @@
 """A tiny hard-sharing MTLModel and helpers shared by the method tests."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -45,6 +47,31 @@ def task_losses(model: TinyMTL, x: torch.Tensor, y: torch.Tensor):
     return losses, z
 
 
+def double_pair(n_tasks: int = 3, seed: int | None = 0) -> tuple[TinyMTL, TinyMTL, torch.Tensor, torch.Tensor]:
+    """``(model, ref, x, y)``: a float64 TinyMTL (initialised after ``torch.manual_seed(seed)``
+    unless ``seed`` is None), an independent deep copy of it for the reference computation, and
+    ``make_batch(n_tasks)`` in float64."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = TinyMTL(n_tasks).double()
+    ref = copy.deepcopy(model)
+    x, y = make_batch(n_tasks)
+    return model, ref, x.double(), y.double()
+
+
+def reference_jacobian(model: TinyMTL, losses: torch.Tensor) -> torch.Tensor:
+    """``J[t] = vec(d losses[t] / d theta_shared)``, shape ``(T, D)``: one plain
+    ``torch.autograd.grad`` per task (graph retained), independent of the engine under test."""
+    shared = model.shared_parameters()
+    return torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(losses[t], shared, retain_graph=True)])
+                        for t in range(losses.shape[0])])
+
+
+def shared_grad(model: TinyMTL) -> torch.Tensor:
+    """The shared parameters' ``.grad``, flattened and concatenated (the layout of ``reference_jacobian``)."""
+    return torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+
+
 def grads_of(model: nn.Module) -> list[torch.Tensor]:
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
@@ -53,3 +80,18 @@ def assert_grads_close(a: list[torch.Tensor], b: list[torch.Tensor], atol: float
     assert len(a) == len(b)
     for ga, gb in zip(a, b):
         torch.testing.assert_close(ga, gb, atol=atol, rtol=1e-5)
+
+
+def assert_task_by_task_equals_joint(w, w_ref, atol: float = 1e-13) -> torch.Tensor:
+    """A separable weighting's contract on :func:`double_pair`: ``w_ref.backward`` (joint) on
+    ``ref`` and, on ``model``, ``w.start_step()`` then ``w.task_objective(t, L_t).backward()`` per
+    task give the same gradients. ``w`` and ``w_ref`` must start identical; returns ``model``'s losses."""
+    T = w.n_tasks
+    model, ref, x, y = double_pair(T)
+    w_ref.backward(task_losses(ref, x, y)[0], ref)
+    w.start_step()
+    losses, _ = task_losses(model, x, y)
+    for t in range(T):
+        w.task_objective(t, losses[t]).backward(retain_graph=True)
+    assert_grads_close(grads_of(model), grads_of(ref), atol=atol)
+    return losses

@@ -15,6 +15,9 @@ task, and the joint :meth:`LossWeighting.backward` is derived from them:
 * :meth:`~LossWeighting.task_objective` -- :math:`f_t(L_t)`, attached to the graph;
 * :meth:`~LossWeighting.current_task_weights` -- :math:`f_t'(L_t)`, ``(T,)``, for the logs.
 
+:class:`WeightedSumWeighting` is the common case :math:`F = \sum_t w_t L_t` with the step's weights
+in a ``(T,)`` buffer (fixed scalarisation, RLW, ...): it implements the three from that buffer.
+
 Non-separable loss weightings (GradNorm: its weight update needs every task's gradient norm at
 the same shared weights) override :meth:`~LossWeighting.backward` and keep ``separable = False``.
 """
@@ -25,7 +28,7 @@ from torch import nn
 
 from mtlrepro.methods.base import Weighting
 
-__all__ = ["LossWeighting"]
+__all__ = ["LossWeighting", "WeightedSumWeighting"]
 
 
 class LossWeighting(Weighting):
@@ -56,3 +59,20 @@ class LossWeighting(Weighting):
         total = self.objective(losses)
         total.backward()
         return {"task_weights": self.current_task_weights(losses), "total_loss": total.detach()}
+
+
+class WeightedSumWeighting(LossWeighting):
+    r"""A separable :math:`F = \sum_t w_t L_t` whose step weights :math:`w` are the ``(T,)`` buffer
+    ``self.weights`` (the subclass registers it and sets it: once, per epoch or per step):
+    :math:`f_t(L_t) = w_t L_t`, ``task_weights`` = :math:`w`, cast to the losses' dtype and device."""
+
+    weights: torch.Tensor
+
+    def task_objective(self, t: int, loss: torch.Tensor) -> torch.Tensor:
+        return self.weights[t].to(loss.dtype) * loss
+
+    def objective(self, losses: torch.Tensor) -> torch.Tensor:
+        return (self.weights.to(losses.dtype) * losses).sum()
+
+    def current_task_weights(self, like: torch.Tensor) -> torch.Tensor:
+        return self.weights.detach().to(dtype=like.dtype, device=like.device).clone()

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mtlrepro.methods.weightings.base import LossWeighting
+from mtlrepro.methods.weightings.base import WeightedSumWeighting
 
 __all__ = ["RandomLossWeighting", "DISTRIBUTIONS", "SEED_OFFSET"]
 
@@ -16,7 +16,7 @@ DISTRIBUTIONS = ("normal", "uniform")
 SEED_OFFSET = 0x524C57  # "RLW"
 
 
-class RandomLossWeighting(LossWeighting):
+class RandomLossWeighting(WeightedSumWeighting):
     r"""RLW: fresh random task weights at every training step (registered as ``rlw`` and ``rdw``).
 
     Every step (:meth:`start_step`, before the batch's forwards) draws new weights and the step
@@ -85,15 +85,6 @@ class RandomLossWeighting(LossWeighting):
 
     def start_step(self) -> None:
         self.weights.copy_(self.draw())
-
-    def task_objective(self, t: int, loss: torch.Tensor) -> torch.Tensor:
-        return self.weights[t].to(loss.dtype) * loss
-
-    def objective(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self.weights.to(losses.dtype) * losses).sum()
-
-    def current_task_weights(self, like: torch.Tensor) -> torch.Tensor:
-        return self.weights.detach().to(dtype=like.dtype, device=like.device).clone()
 
     def extra_repr(self) -> str:
         return f"n_tasks={self.n_tasks}, distribution={self.distribution!r}, stream_seed={self.stream_seed}"

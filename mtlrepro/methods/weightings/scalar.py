@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
-from mtlrepro.methods.weightings.base import LossWeighting
+from mtlrepro.methods.weightings.base import WeightedSumWeighting
 
 __all__ = ["ScalarWeighting", "MANINIS_WEIGHTS", "maninis_weights"]
 
@@ -37,7 +37,7 @@ def maninis_weights(dataset: str, task_names: Sequence[str],
     return out
 
 
-class ScalarWeighting(LossWeighting):
+class ScalarWeighting(WeightedSumWeighting):
     r"""Fixed scalarisation :math:`L = \sum_t \omega_t L_t` with weights set in the recipe
     (registered as ``scalar``).
 
@@ -76,15 +76,6 @@ class ScalarWeighting(LossWeighting):
                 raise ValueError(f"scalar: weights must be finite and >= 0, got {bad}")
         self.weight_values = tuple(values)
         self.register_buffer("weights", torch.tensor(values), persistent=False)
-
-    def task_objective(self, t: int, loss: torch.Tensor) -> torch.Tensor:
-        return self.weights[t].to(loss.dtype) * loss
-
-    def objective(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self.weights.to(losses.dtype) * losses).sum()
-
-    def current_task_weights(self, like: torch.Tensor) -> torch.Tensor:
-        return self.weights.detach().to(dtype=like.dtype, device=like.device).clone()
 
     def extra_repr(self) -> str:
         return f"n_tasks={self.n_tasks}, weights={list(self.weight_values)}"

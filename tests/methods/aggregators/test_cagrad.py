@@ -1,7 +1,6 @@
 """CAGrad (Liu et al. 2021): against torchjd, the dual's optimality, hand cases, backward."""
 from __future__ import annotations
 
-import copy
 import warnings
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from mtlrepro.methods import build_weighting
 from mtlrepro.methods.aggregators.cagrad import CAGrad, cagrad_dual
 
-from ..toy import TinyMTL, make_batch, task_losses
+from ..toy import double_pair, reference_jacobian, shared_grad, task_losses
 
 D = torch.float64
 
@@ -95,17 +94,12 @@ def test_cagrad_by_hand():
 
 def test_cagrad_backward_heads_get_own_gradient():
     T = 3
-    torch.manual_seed(0)
-    model = TinyMTL(T).double()
-    ref = copy.deepcopy(model)
-    x, y = make_batch(T)
-    x, y = x.double(), y.double()
+    model, ref, x, y = double_pair(T)
     logs = build_weighting("cagrad", T).backward(task_losses(model, x, y)[0], model)
     ref_losses, _ = task_losses(ref, x, y)
-    J = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(ref_losses[t], ref.shared_parameters(),
-                                                                        retain_graph=True)]) for t in range(T)])
+    J = reference_jacobian(ref, ref_losses)
     expected = CAGrad(T).aggregate(J)  # default c = 0.5, rescale = 1
-    got = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    got = shared_grad(model)
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
     torch.testing.assert_close(got, logs["task_weights"] @ J, atol=1e-12, rtol=1e-10)
     heads = torch.autograd.grad(ref_losses.sum(), [p for h in ref.heads for p in h.parameters()])

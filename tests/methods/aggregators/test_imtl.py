@@ -1,15 +1,13 @@
 """IMTL (Liu et al. 2021): IMTL-G against torchjd and the paper's closed form; IMTL-L's scales."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from mtlrepro.methods import build_weighting
 from mtlrepro.methods.aggregators.imtl import IMTL, imtl_g_weights
 
-from ..toy import TinyMTL, make_batch, task_losses
+from ..toy import double_pair, reference_jacobian, shared_grad, task_losses
 
 D = torch.float64
 
@@ -64,11 +62,7 @@ def test_imtl_hybrid_scales_losses_and_learns_the_scales():
     """IMTL-L: losses e^s L - s; s gets d/ds = e^s L - 1 (into .grad, stepped by the model's
     optimizer); the shared update is IMTL-G on the scaled losses' gradients."""
     T = 3
-    torch.manual_seed(0)
-    model = TinyMTL(T).double()
-    ref = copy.deepcopy(model)
-    x, y = make_batch(T)
-    x, y = x.double(), y.double()
+    model, ref, x, y = double_pair(T)
     agg = build_weighting("imtl", T).double()
     assert agg.parameters_for_model_optimizer() == [agg.log_scales]
     with torch.no_grad():
@@ -79,10 +73,9 @@ def test_imtl_hybrid_scales_losses_and_learns_the_scales():
     ref_losses, _ = task_losses(ref, x, y)
     torch.testing.assert_close(agg.log_scales.grad, s.exp() * ref_losses.detach() - 1)
     scaled = s.exp() * ref_losses - s
-    J = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(scaled[t], ref.shared_parameters(),
-                                                                        retain_graph=True)]) for t in range(T)])
+    J = reference_jacobian(ref, scaled)
     alpha = imtl_g_weights(J @ J.T)
-    got = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    got = shared_grad(model)
     torch.testing.assert_close(got, alpha @ J, atol=1e-10, rtol=1e-8)
     torch.testing.assert_close(logs["task_weights"], alpha * s.exp(), atol=1e-10, rtol=1e-8)
     heads = torch.autograd.grad(scaled.sum(), [p for h in ref.heads for p in h.parameters()])

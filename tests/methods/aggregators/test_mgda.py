@@ -1,8 +1,6 @@
 """MGDA on the shared parameters: against torchjd and an exact QP, hand cases, backward."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ from mtlrepro.methods import WEIGHTINGS, build_weighting
 from mtlrepro.methods.aggregators.mgda import MGDA
 from mtlrepro.methods.aggregators.mgda_ub import MGDAUB
 
-from ..toy import TinyMTL, make_batch, task_losses
+from ..toy import double_pair, reference_jacobian, shared_grad, task_losses
 
 D = torch.float64
 
@@ -104,17 +102,12 @@ def test_mgda_l2_normalization_combines_the_normalised_gradients():
 
 def test_mgda_backward_shared_gets_min_norm_point_heads_own_gradient():
     T = 3
-    torch.manual_seed(0)
-    model = TinyMTL(T).double()
-    ref = copy.deepcopy(model)
-    x, y = make_batch(T)
-    x, y = x.double(), y.double()
+    model, ref, x, y = double_pair(T)
     logs = build_weighting("mgda", T).backward(task_losses(model, x, y)[0], model)
     ref_losses, _ = task_losses(ref, x, y)
-    J = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(ref_losses[t], ref.shared_parameters(),
-                                                                        retain_graph=True)]) for t in range(T)])
+    J = reference_jacobian(ref, ref_losses)
     exact = torch.from_numpy(_exact_min_norm(J))
-    got = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    got = shared_grad(model)
     torch.testing.assert_close(got, logs["task_weights"] @ J, atol=1e-12, rtol=1e-10)
     assert float(got @ got) == pytest.approx(float(exact @ exact), rel=1e-4)
     heads = torch.autograd.grad(ref_losses.sum(), [p for h in ref.heads for p in h.parameters()])

@@ -12,7 +12,7 @@ import torch
 from mtlrepro.methods import build_weighting
 from mtlrepro.methods.aggregators.nash_mtl import NashMTL, nash_weights
 
-from ..toy import TinyMTL, make_batch, task_losses
+from ..toy import double_pair, reference_jacobian, shared_grad, task_losses
 
 D = torch.float64
 
@@ -120,18 +120,13 @@ def test_nash_update_weights_every_reuses_alpha():
 
 def test_nash_backward_clips_shared_gradient_and_weights_heads_by_alpha():
     T = 3
-    torch.manual_seed(0)
-    model = TinyMTL(T).double()
-    ref = copy.deepcopy(model)
-    x, y = make_batch(T)
-    x, y = x.double(), y.double()
+    model, ref, x, y = double_pair(T)
     logs = build_weighting("nash_mtl", T).backward(task_losses(model, x, y)[0], model)
     ref_losses, _ = task_losses(ref, x, y)
-    J = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(ref_losses[t], ref.shared_parameters(),
-                                                                        retain_graph=True)]) for t in range(T)])
+    J = reference_jacobian(ref, ref_losses)
     alpha = torch.from_numpy(nash_weights((J @ J.T).numpy()))
     d = alpha @ J
-    got = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    got = shared_grad(model)
     torch.testing.assert_close(got, d / d.norm(), atol=1e-8, rtol=1e-6)  # clip_grad_norm_(shared, 1.0)
     torch.testing.assert_close(logs["alpha"], alpha, atol=1e-8, rtol=1e-6)
     assert float(logs["clip_factor"]) == pytest.approx(1 / math.sqrt(T), rel=1e-6)

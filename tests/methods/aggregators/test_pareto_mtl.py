@@ -11,7 +11,7 @@ import torch
 from mtlrepro.methods import build_weighting
 from mtlrepro.methods.aggregators.pareto_mtl import ParetoMTL, default_preferences, pareto_mtl_weights
 
-from ..toy import TinyMTL, make_batch, task_losses
+from ..toy import double_pair, task_losses
 
 D = torch.float64
 C225, S225 = math.cos(math.pi / 8), math.sin(math.pi / 8)
@@ -98,11 +98,7 @@ def test_phases_switch_once_feasible_and_after_init_epochs():
 
 def test_pareto_mtl_backward_heads_get_weighted_gradient():
     T = 3
-    torch.manual_seed(0)
-    model = TinyMTL(T).double()
-    ref = copy.deepcopy(model)
-    x, y = make_batch(T)
-    x, y = x.double(), y.double()
+    model, ref, x, y = double_pair(T)
     logs = build_weighting("pareto_mtl", T, init_epochs=0).backward(task_losses(model, x, y)[0], model)
     c = logs["task_weights"]
     ref_losses, _ = task_losses(ref, x, y)

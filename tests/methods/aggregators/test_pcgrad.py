@@ -9,7 +9,7 @@ import torch
 from mtlrepro.methods import build_weighting
 from mtlrepro.methods.aggregators.pcgrad import PCGrad, pcgrad_weights
 
-from ..toy import TinyMTL, make_batch, task_losses
+from ..toy import double_pair, reference_jacobian, shared_grad, task_losses
 
 D = torch.float64
 
@@ -85,23 +85,16 @@ def test_pcgrad_seed_defaults_to_the_run_seed_and_resumes_from_state_dict():
 
 def test_pcgrad_backward_shared_gets_update_heads_get_own_gradient():
     T = 3
-    torch.manual_seed(0)
-    model = TinyMTL(T).double()
-    ref = copy.deepcopy(model)
-    x, y = make_batch(T)
-    x, y = x.double(), y.double()
+    model, ref, x, y = double_pair(T)
     agg = build_weighting("pcgrad", T, seed=5)
     losses, _ = task_losses(model, x, y)
     logs = agg.backward(losses, model)
     # independent: per-task gradients by plain autograd, projections by hand
     ref_losses, _ = task_losses(ref, x, y)
-    shared = ref.shared_parameters()
-    rows = [torch.cat([g.flatten() for g in torch.autograd.grad(ref_losses[t], shared, retain_graph=True)])
-            for t in range(T)]
-    J = torch.stack(rows)
+    J = reference_jacobian(ref, ref_losses)
     c = pcgrad_weights(J @ J.T, torch.Generator().manual_seed(5))
     torch.testing.assert_close(logs["task_weights"], c, atol=1e-12, rtol=0)
-    got = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    got = shared_grad(model)
     torch.testing.assert_close(got, c @ J, atol=1e-12, rtol=1e-10)
     heads = torch.autograd.grad(ref_losses.sum(), [p for h in ref.heads for p in h.parameters()])
     for p, g in zip([p for h in model.heads for p in h.parameters()], heads):
