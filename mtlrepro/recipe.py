@@ -28,7 +28,9 @@ from .tables import REPRODUCE_DIR, TableFormatError
 
 RECIPES_DIR = REPRODUCE_DIR / "recipes"
 NOT_RESULT_FIELDS = {"id", "table", "row", "seeds", "notes", "status", "fitted"}
-OPTIONAL_MODEL_FIELDS = ("head", "conv_unit", "head_kwargs")
+OPTIONAL_MODEL_FIELDS = ("head", "conv_unit", "head_kwargs", "pretrained")
+#: fields left out of the fingerprint while unset, so that adding them changed no existing run
+OPTIONAL_FIELDS = (*OPTIONAL_MODEL_FIELDS, "lr_schedule")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Recipe:
     head: str | None = None            # per-task head (models.HEADS); None: the backbone's default
     conv_unit: str | None = None       # conv unit the scheme builds with (None: conv -> BN)
     head_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None      # backbone initialisation, e.g. "imagenet1k_v1" (None: from scratch)
     weighting: str = "equal"           # loss/gradient combination: equal, gradnorm, mgda_ub
     update: str = "joint"              # joint | steady_state | synchronized (one task per forward)
     sharing_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +53,7 @@ class Recipe:
     optimizer: str = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
+    lr_schedule: str | None = None     # None: constant lr; "step:<epochs>:<gamma>" (StepLR, stepped per epoch)
     epochs: int = 40
     batch_size: int = 256
     eval_split: str = "val"
@@ -70,7 +74,7 @@ class Recipe:
         """Everything that can change a run's result, as written in the recipe (the model fields
         ``head``, ``conv_unit``, ``head_kwargs`` only when set, so their defaults add nothing)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RESULT_FIELDS
-                and not (f.name in OPTIONAL_MODEL_FIELDS and not getattr(self, f.name))}
+                and not (f.name in OPTIONAL_FIELDS and not getattr(self, f.name))}
 
     def model_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`mtlrepro.models.build_model` after ``out_dims``."""

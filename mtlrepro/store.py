@@ -57,6 +57,7 @@ class EpochRecord:
     seconds: float
     task_weights: list[float] | None = None   # the weighting's coefficients, mean over the epoch's steps
     weighting_logs: dict[str, Any] = field(default_factory=dict)   # its other per-step logs, epoch means
+    lr: float | None = None                   # the model optimizer's learning rate during the epoch
     conflicts: dict[str, Any] | None = None   # gradient-conflict ratios per shared module (mtlrepro.conflicts)
 
 

@@ -52,6 +52,23 @@ def build_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adam, sgd)")
 
 
+def build_lr_schedule(recipe: Recipe, optimizer: torch.optim.Optimizer):
+    """The recipe's learning-rate schedule, stepped once per epoch (None: constant lr).
+
+    ``step:<k>:<gamma>``: multiply the lr by ``gamma`` every ``k`` epochs (``StepLR``; LibMTL's
+    default is ``step:100:0.5``)."""
+    spec = recipe.lr_schedule
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if parts[0] == "step" and len(parts) == 3:
+        try:
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(parts[1]), gamma=float(parts[2]))
+        except ValueError:
+            pass
+    raise ValueError(f"{recipe.id}: unknown lr_schedule {spec!r} (step:<epochs>:<gamma>, e.g. step:100:0.5)")
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -178,6 +195,7 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         raise ValueError(f"{recipe.id}: update {recipe.update!r} runs one task per forward; sharing "
                          f"{recipe.sharing!r} computes every task in one forward (use update joint)")
     optimizer = build_optimizer(recipe, [*model.parameters(), *weighting.parameters_for_model_optimizer()])
+    schedule = build_lr_schedule(recipe, optimizer)
     weighting.bind_training(problem.task_loss, optimizer)
     meta_batches = _MetaBatches(problem, recipe.batch_size, seed) if weighting.needs_validation_batches else None
     if meta_batches is not None:
@@ -196,6 +214,8 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["lr_schedule"])
         weighting.load_state_dict(state["weighting"])
         if state.get("weighting_extra") is not None and hasattr(weighting, "load_extra_state"):
             weighting.load_extra_state(state["weighting_extra"])
@@ -213,6 +233,7 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.amp)
     for epoch in range(start_epoch, recipe.epochs):
         t0 = time.time()
+        epoch_lr = float(optimizer.param_groups[0]["lr"])
         model.train()
         loss_sum = torch.zeros((), device=dev)
         logs = EpochLogs()
@@ -238,6 +259,8 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
             raise RunFailed(record.failure)
         weighting.on_epoch_end(epoch)
         model.on_epoch_end(epoch)
+        if schedule is not None:
+            schedule.step()
         conflicts = None
         if recipe.measure_conflicts and (epoch + 1) % recipe.measure_conflicts == 0:
             from ..conflicts import measure_conflicts   # leaves the model, its buffers and the RNG as they were
@@ -246,11 +269,12 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         step_logs = logs.means()
         record.epochs.append(EpochRecord(epoch=epoch + 1, train_loss=train_loss, metrics=metrics,
                                          seconds=time.time() - t0, task_weights=step_logs.pop("task_weights", None),
-                                         weighting_logs=step_logs, conflicts=conflicts))
+                                         weighting_logs=step_logs, conflicts=conflicts, lr=epoch_lr))
         if epoch == start_epoch:  # an unknown selection metric fails now, not after the last epoch
             select_final(record.epochs, recipe.selection)
         _save_checkpoint(ckpt, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_schedule": schedule.state_dict() if schedule is not None else None,
             "weighting": weighting.state_dict(),
             "weighting_extra": weighting.extra_state() if hasattr(weighting, "extra_state") else None,
             "epochs": [vars(e) for e in record.epochs], "rng_cpu": torch.get_rng_state(),

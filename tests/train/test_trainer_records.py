@@ -113,3 +113,18 @@ def test_per_epoch_conflict_measurement_is_recorded_and_changes_no_training(tmp_
     assert ratios and all(0.0 <= v <= 100.0 for v in ratios["ratio"].values())
     for a, b in zip(plain.epochs, measured.epochs):
         assert a.train_loss == b.train_loss and a.metrics == b.metrics
+
+
+def test_step_lr_schedule_is_applied_per_epoch_and_survives_a_resume(tmp_path, tiny_env):
+    recipe = _tiny("etr_nlp/table4/hard_sharing_g8", epochs=3, lr_schedule="step:1:0.5")
+    assert recipe.fingerprint != _tiny("etr_nlp/table4/hard_sharing_g8", epochs=3).fingerprint
+    assert "lr_schedule" not in _tiny("etr_nlp/table4/hard_sharing_g8").result_dict()   # unset: not fingerprinted
+    full = train_run(recipe, 0, "tiny", results_root=tmp_path / "a", progress=False, device="cpu")
+    assert [e.lr for e in full.epochs] == pytest.approx([1e-4, 5e-5, 2.5e-5])
+    assert train_run(recipe, 0, "tiny", results_root=tmp_path / "b", progress=False, device="cpu",
+                     stop_after_epochs=1) is None
+    resumed = train_run(recipe, 0, "tiny", results_root=tmp_path / "b", progress=False, device="cpu")
+    assert [e.lr for e in resumed.epochs] == [e.lr for e in full.epochs]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_run(recipe.with_overrides(lr_schedule="cosine"), 0, "tiny", results_root=tmp_path / "c",
+                  progress=False, device="cpu")
