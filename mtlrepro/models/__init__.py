@@ -50,10 +50,22 @@ __all__ = ["build_model", "MTLModel", "UnitMTLModel", "BACKBONES", "HEADS", "SHA
 
 
 def build_model(backbone: str, sharing: str, out_dims: list[int], head: str | None = None,
-                conv_unit: str | None = None, *, head_kwargs: dict | None = None, **kwargs) -> MTLModel:
+                conv_unit: str | None = None, *, head_kwargs: dict | None = None,
+                pretrained: str | None = None, **kwargs) -> MTLModel:
     """Build the ``sharing`` scheme (with ``conv_unit``) on ``backbone`` with one ``head`` per
-    entry of ``out_dims`` (``head=None``: the backbone's default head)."""
-    BACKBONES.get(backbone)  # unknown names raise with suggestions before any work
+    entry of ``out_dims`` (``head=None``: the backbone's default head). ``pretrained`` (e.g.
+    ``"imagenet1k_v1"``) goes to the backbone builder, which loads those weights into every
+    copy of the backbone (:mod:`.pretrained`); backbones without weights refuse it."""
+    builder = BACKBONES.get(backbone)  # unknown names raise with suggestions before any work
+    if pretrained is not None:
+        known = getattr(builder, "pretrained_weights", ())
+        if pretrained not in known:
+            having = {n: BACKBONES.get(n).pretrained_weights for n in sorted(BACKBONES)
+                      if getattr(BACKBONES.get(n), "pretrained_weights", ())}
+            raise ValueError(f"backbone {backbone!r} has no pretrained weights {pretrained!r} "
+                             f"({'it has ' + ', '.join(known) if known else 'it has none'}); "
+                             f"backbones with weights: {having}")
+        kwargs["pretrained"] = pretrained
     scheme, unit_kwargs = resolve_sharing(sharing, conv_unit)
     clash = sorted(set(unit_kwargs) & set(kwargs))
     if clash:

@@ -21,9 +21,12 @@ class ConvSpec:
     """Everything a conv unit factory needs to know about the convolution it replaces.
 
     ``index`` is the unit's position in forward order (0 = first conv), ``role`` one of
-    ``"stem"``, ``"conv1"``, ``"conv2"`` (the two convs of a residual block), ``"downsample"``
+    ``"stem"``, ``"conv1"``, ``"conv2"`` (the two convs of a residual block; ``"conv3"``: a
+    bottleneck's third), ``"downsample"``
     (the 1x1 projection shortcut) or ``"conv"`` (plain conv stacks: VGG/SegNet).
     ``norm=False`` means no BatchNorm after the conv (the unit then returns the conv output).
+    ``dilation`` > 1: an atrous conv (the dilated ResNet-50); units that cannot dilate are
+    rejected by the backbone that asks for it.
     """
 
     in_ch: int
@@ -36,6 +39,7 @@ class ConvSpec:
     norm: bool = True
     bias: bool = False
     track_running_stats: bool = True
+    dilation: int = 1
 
     def with_channels(self, out_ch: int) -> "ConvSpec":
         return replace(self, out_ch=out_ch)
@@ -46,7 +50,7 @@ class ConvBN(nn.Sequential):
 
     def __init__(self, spec: ConvSpec):
         layers: list[nn.Module] = [nn.Conv2d(spec.in_ch, spec.out_ch, spec.kernel_size, spec.stride,
-                                             spec.padding, bias=spec.bias)]
+                                             spec.padding, dilation=spec.dilation, bias=spec.bias)]
         if spec.norm:
             layers.append(nn.BatchNorm2d(spec.out_ch, track_running_stats=spec.track_running_stats))
         super().__init__(*layers)

@@ -6,7 +6,9 @@ backbone's ``feature_dim`` (the channels of what its encoder returns). Registere
 * ``linear`` (:mod:`.linear`): ``Linear(in_features, out_dim)`` on a pooled ``(B, F)`` vector -
   the classification backbones' default (ResNet18 / VGG16 on CelebA);
 * ``segnet`` (:mod:`.segnet_head`): MTAN's Conv3x3 -> Conv1x1 dense prediction layer on a
-  ``(B, F, H, W)`` map - SegNet's default.
+  ``(B, F, H, W)`` map - SegNet's default;
+* ``aspp`` (:mod:`.aspp`): LibMTL's DeepLab ``DeepLabHead`` (ASPP rates 12/24/36) upsampled
+  back to the input size - the dilated ResNet-50's default.
 
 Every backbone names its default head (``Backbone.make_head``); ``build_model(head=...)``
 replaces it by a registered one. Heads are built at construction only (a picklable
@@ -19,7 +21,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..registries import HEADS
-from . import linear, segnet_head  # noqa: F401  (register "linear", "segnet")
+from . import aspp, linear, segnet_head  # noqa: F401  (register "aspp", "linear", "segnet")
 
 __all__ = ["HEADS", "HeadFactory", "head_factory"]
 

@@ -1,0 +1,170 @@
+"""Dilated ResNet-50 (output stride 8): CoNAL's / LibMTL's dense encoder.
+
+Topology = torchvision's ``resnet50(weights=None)`` without ``avgpool`` / ``fc``, dilated as
+LibMTL's ``ResnetDilated(dilate_scale=8)`` (``LibMTL/model/resnet_dilated.py``, after Yu et al.,
+"Dilated Residual Networks", CVPR 2017): in ``layer3`` and ``layer4`` every stride-2 conv gets
+stride 1 and every 3x3 conv is dilated (padding = dilation):
+
+=========  =======================================  ===============  =======  ======
+stage      blocks (Bottleneck 1x1 -> 3x3 -> 1x1)    3x3 dilation     width    stride
+=========  =======================================  ===============  =======  ======
+stem       7x7/2 conv + BN + ReLU + 3x3/2 max pool  -                64       4
+layer1     3                                        1                256      4
+layer2     4 (stride 2 in block 0's 3x3)            1                512      8
+layer3     6                                        1 (block 0), 2   1024     8
+layer4     3                                        2 (block 0), 4   2048     8
+=========  =======================================  ===============  =======  ======
+
+(block 0's 3x3 of a dilated stage had stride 2: LibMTL's ``_nostride_dilate`` gives it
+``dilate // 2``.) Encoder parameters: 23,508,032 (:data:`RESNET50_ENCODER_PARAMS`).
+
+All 53 convolutions (stem; per block conv1, conv2, conv3, [downsample]) are built by
+``make_unit(ConvSpec)`` in torchvision's ``state_dict`` order, which is how
+:func:`mtlrepro.models.pretrained.load_imagenet` maps ImageNet weights onto any scheme's units.
+A unit returns the pre-activation; the block applies ReLU and the residual addition.
+
+Stages (:class:`~.protocol.StagedBackbone`): the stem, then ``layer1`` .. ``layer4``. Taps follow
+LibMTL's MTAN, which splits each layer into ``layer[:-1]`` and ``layer[-1]``: ``first`` is the
+output of every block but the last (MTAN's attention reads it), ``last`` / ``out`` the last
+block's. ``readout`` is the identity: the encoder returns ``(B, 2048, H/8, W/8)`` and the default
+head is ``aspp`` (:mod:`mtlrepro.models.heads.aspp`, DeepLab).
+
+Backbone keyword arguments: ``pretrained`` (None or ``"imagenet1k_v1"``: torchvision's
+``ResNet50_Weights.IMAGENET1K_V1`` from the torch hub cache, see :mod:`..pretrained`),
+``track_running_stats`` (True). Initialisation otherwise follows torchvision (Kaiming-normal
+fan_out convs, BN weight 1 / bias 0).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..heads import HeadFactory
+from ..registries import BACKBONES
+from ..units import ConvSpec
+from ..weight_init import init_torchvision
+from .protocol import Backbone, StagedBackbone, StageTaps
+
+__all__ = ["ResNet50DilatedEncoder", "Bottleneck", "build_resnet50_dilated", "RESNET50_ENCODER_PARAMS",
+           "BLOCKS", "DILATIONS"]
+
+RESNET50_ENCODER_PARAMS = 23_508_032  # torchvision resnet50 without fc (REFERENCE.md, CoNAL's setting)
+BLOCKS = (3, 4, 6, 3)
+PLANES = (64, 128, 256, 512)
+EXPANSION = 4
+#: per stage: (dilation of block 0's 3x3, dilation of the other blocks' 3x3s); None = not dilated
+DILATIONS: tuple[tuple[int, int] | None, ...] = (None, None, (1, 2), (2, 4))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (v1.5: the stride sits in the 3x3) on three or four conv units."""
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module, downsample: nn.Module | None):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = conv1, conv2, conv3
+        self.downsample = downsample
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.conv1(x))
+        out = self.relu(self.conv2(out))
+        out = self.conv3(out)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+def _check_dilation(unit: nn.Module, spec: ConvSpec) -> None:
+    """A dilated spec must come back as a unit whose conv IS dilated (a unit factory that
+    ignores ``ConvSpec.dilation`` would silently build a different network)."""
+    if spec.dilation == 1:
+        return
+    want = (spec.dilation, spec.dilation)
+    if not any(isinstance(m, nn.Conv2d) and m.dilation == want for m in unit.modules()):
+        raise ValueError(f"conv unit {type(unit).__name__} ignores ConvSpec.dilation={spec.dilation} "
+                         f"(unit {spec.index}); resnet50_dilated needs units that dilate")
+
+
+class ResNet50DilatedEncoder(StagedBackbone):
+    """Dilated ResNet-50 up to ``layer4``; ``forward`` returns ``(B, 2048, H/8, W/8)``."""
+
+    widths = tuple(p * EXPANSION for p in PLANES)
+    strides = (4, 8, 8, 8)
+
+    def __init__(self, make_unit, track_running_stats: bool = True, in_channels: int = 3):
+        super().__init__()
+        self._units: list[nn.Module] = []
+
+        def unit(in_ch, out_ch, k, stride, pad, role, dilation=1):
+            spec = ConvSpec(in_ch, out_ch, k, stride, pad, index=len(self._units), role=role,
+                            track_running_stats=track_running_stats, dilation=dilation)
+            m = make_unit(spec)
+            _check_dilation(m, spec)
+            self._units.append(m)
+            return m
+
+        self.stem = unit(in_channels, 64, 7, 2, 3, "stem")
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_ch = 64
+        stages = []
+        for s, (n_blocks, planes) in enumerate(zip(BLOCKS, PLANES)):
+            out_ch = planes * EXPANSION
+            blocks = []
+            for b in range(n_blocks):
+                if DILATIONS[s] is None:
+                    stride, dil = (2 if (s > 0 and b == 0) else 1), 1
+                else:
+                    stride, dil = 1, DILATIONS[s][0 if b == 0 else 1]
+                c1 = unit(in_ch, planes, 1, 1, 0, "conv1")
+                c2 = unit(planes, planes, 3, stride, dil, "conv2", dilation=dil)
+                c3 = unit(planes, out_ch, 1, 1, 0, "conv3")
+                ds = unit(in_ch, out_ch, 1, stride, 0, "downsample") if b == 0 else None
+                blocks.append(Bottleneck(c1, c2, c3, ds))
+                in_ch = out_ch
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.out_features = in_ch
+        init_torchvision(self)
+
+    # --- stages (StagedBackbone) --------------------------------------------------------------
+    @property
+    def stages(self) -> tuple[nn.Module, ...]:
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.stem(x)))
+
+    def stage_taps(self, s: int, h: Tensor, state: dict) -> StageTaps:
+        blocks = self.stages[s]
+        first = h
+        for block in blocks[:-1]:
+            first = block(first)
+        last = blocks[-1](first)
+        return StageTaps(input=h, first=first, last=last, out=last)
+
+    def units(self) -> list[nn.Module]:
+        return list(self._units)
+
+    def last_shared_layer(self) -> nn.Module:
+        """The last conv unit (1x1 conv -> BN) of the last bottleneck."""
+        return self.layer4[-1].conv3
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.stem(x)))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+@BACKBONES.register("resnet50_dilated")
+def build_resnet50_dilated(make_unit, **kwargs) -> Backbone:
+    """The encoder and its default ``aspp`` head factory; ``pretrained=`` (one of
+    ``build_resnet50_dilated.pretrained_weights``) loads ImageNet weights into it. (A keyword
+    argument, not a named default, so the fingerprint's resolved kwargs do not repeat the
+    recipe's ``pretrained`` field.)"""
+    pretrained = kwargs.pop("pretrained", None)
+    enc = ResNet50DilatedEncoder(make_unit, **kwargs)
+    if pretrained is not None:
+        from ..pretrained import load_imagenet
+        load_imagenet(enc, name="resnet50", weights=pretrained)
+    return Backbone(encoder=enc, feature_dim=enc.out_features, make_head=HeadFactory("aspp", enc.out_features))
+
+
+build_resnet50_dilated.pretrained_weights = ("imagenet1k_v1",)  # what build_model(pretrained=) accepts
