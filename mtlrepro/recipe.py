@@ -131,9 +131,10 @@ class Profile:
 PROFILES = {
     "full": Profile("full", False, {}, "the paper's schedule on the real dataset"),
     "tiny": Profile("tiny", True, {"epochs": 2, "batch_size": 8, "seeds": (0,), "max_steps_per_epoch": 2,
-                             "image_size": 32},
+                             "image_size": 32, "pretrained": None},
                     "2 epochs × 2 steps of batch 8 at 32×32 on a generated tiny dataset in the real "
-                    "on-disk format; exercises the whole pipeline, numbers are not comparable with the paper"),
+                    "on-disk format, from random initialisation (no pretrained weights); exercises the "
+                    "whole pipeline, numbers are not comparable with the paper"),
 }
 
 

@@ -113,3 +113,13 @@ def test_aliases_and_equivalent_spellings_are_one_configuration():
     assert r.with_overrides(weighting="uncertainty").fingerprint == r.with_overrides(weighting="uw").fingerprint
     assert r.with_overrides(conv_unit="nlp").fingerprint == r.with_overrides(sharing="nlp").fingerprint
     assert r.with_overrides(weighting="rlw").fingerprint != r.with_overrides(weighting="uw").fingerprint
+
+
+def test_tiny_profile_trains_from_random_initialisation():
+    r = get_recipe("etr_nlp/table4/hard_sharing_g8").with_overrides(backbone="resnet50_dilated",
+                                                                    pretrained="imagenet1k_v1")
+    assert r.result_dict()["pretrained"] == "imagenet1k_v1" and r.model_kwargs()["pretrained"] == "imagenet1k_v1"
+    tiny = apply_profile(r, "tiny")
+    assert tiny.pretrained is None and "pretrained" not in tiny.model_kwargs()
+    from mtlrepro.recipe import PROFILES
+    assert "random initialisation" in PROFILES["tiny"].description
