@@ -189,8 +189,8 @@ def load_recipe_file(path: Path) -> RecipeSet:
     tolerances = dict(data.get("tolerances") or {})
     for key, tol in tolerances.items():
         parse_tolerance(tol, 1.0, where=f"{path} tolerances.{key}")
-    return RecipeSet(table, recipes, tuple(data.get("choices") or ()), path, data.get("figure"), tolerances,
-                     data.get("suite"))
+    return RecipeSet(table, recipes, tuple(data.get("choices") or ()), path, figure=data.get("figure"),
+                     tolerances=tolerances, suite=data.get("suite"))
 
 
 def parse_tolerance(tol: float | str, published: float, where: str = "tolerance") -> float:
