@@ -18,6 +18,9 @@ Two layers of contract:
    * ``widths[s]`` / ``strides[s]``: channels and output stride (input pixels per feature
      pixel) of stage ``s``'s output; ``n_decoder_stages``: how many of the last stages decode
      (upsample back towards the input; 0 for classification encoders);
+   * ``stem_width``: channels of ``forward_stem``'s output when the stem is a learned block
+     (ResNets: conv + max pool, 64 channels), None when it is the identity (VGG16, SegNet);
+     NDDR-CNN fuses the stem's output as it fuses every stage's;
    * ``forward_stem(x)``; ``stage_taps(s, h, state) -> StageTaps``: run stage ``s`` on ``h``
      (the previous stage's output, or the stem's) and return its four taps; ``state`` is one
      dict per pass through which stages hand things to later stages (SegNet's pooling indices);
@@ -26,6 +29,11 @@ Two layers of contract:
    * ``readout(h)``: the last stage's output -> what the heads read (global average pooling for
      classification encoders, identity for dense ones); ``forward(x)`` equals
      ``readout(forward_features(x)[-1])``.
+
+   * what MTAN builds on it (defaults = MTAN's SegNet rule): ``attention_hidden(width)``, the
+     hidden width of an attention module gating ``width`` channels (default ``width``), and
+     ``make_attention_block(in_ch, out_ch, track_running_stats)``, the shared block of the
+     attention path between stages (default None: the scheme's own Conv3x3 -> BN -> ReLU).
 
    The taps: ``input`` (what the blocks read: after the opening op, e.g. SegNet's max-unpool),
    ``first`` / ``last`` (first / last block's output: MTAN's attention reads ``first`` and gates
@@ -97,6 +105,7 @@ class StagedBackbone(nn.Module):
     widths: tuple[int, ...]
     strides: tuple[int, ...]
     n_decoder_stages: int = 0
+    stem_width: int | None = None
 
     @property
     def n_stages(self) -> int:
@@ -116,6 +125,15 @@ class StagedBackbone(nn.Module):
     def forward_stage(self, s: int, h: Tensor, state: dict) -> Tensor:
         """Stage ``s`` on ``h``; stages of one pass must run in order with one ``state`` dict."""
         return self.stage_taps(s, h, state).out
+
+    def attention_hidden(self, width: int) -> int:
+        """Hidden width of an MTAN attention module gating ``width`` channels (MTAN: ``width``)."""
+        return width
+
+    def make_attention_block(self, in_ch: int, out_ch: int, track_running_stats: bool = True) -> nn.Module | None:
+        """MTAN's shared attention-path block ``in_ch -> out_ch`` between stages; None = the
+        scheme's default (MTAN's Conv3x3 -> BN -> ReLU)."""
+        return None
 
     def readout(self, h: Tensor) -> Tensor:
         """The last stage's output -> the representation the heads read (identity unless overridden)."""

@@ -102,6 +102,7 @@ class ResNet18Encoder(StagedBackbone):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.out_features = in_ch
         self.widths = tuple(widths)
+        self.stem_width = widths[0]
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..heads import HeadFactory
 from ..registries import BACKBONES
-from ..units import ConvSpec
+from ..units import ConvBN, ConvSpec
 from ..weight_init import init_torchvision
 from .protocol import Backbone, StagedBackbone, StageTaps
 
@@ -88,6 +88,7 @@ class ResNet50DilatedEncoder(StagedBackbone):
 
     widths = tuple(p * EXPANSION for p in PLANES)
     strides = (4, 8, 8, 8)
+    stem_width = 64
 
     def __init__(self, make_unit, track_running_stats: bool = True, in_channels: int = 3):
         super().__init__()
@@ -140,6 +141,21 @@ class ResNet50DilatedEncoder(StagedBackbone):
             first = block(first)
         last = blocks[-1](first)
         return StageTaps(input=h, first=first, last=last, out=last)
+
+    # --- what MTAN builds on it (LibMTL's _transform_resnet_MTAN) ----------------------------
+    def attention_hidden(self, width: int) -> int:
+        """LibMTL: an attention module gating ``C`` channels has ``C / 4`` hidden channels."""
+        return width // EXPANSION
+
+    def make_attention_block(self, in_ch: int, out_ch: int, track_running_stats: bool = True) -> nn.Module:
+        """LibMTL's ``_conv_layer``: a stride-1 Bottleneck of ``out_ch / 4`` planes with a 1x1
+        conv -> BN projection shortcut (bias-free convs)."""
+        planes = out_ch // EXPANSION
+
+        def cbn(i: int, o: int, k: int) -> ConvBN:
+            return ConvBN(ConvSpec(i, o, k, 1, k // 2, track_running_stats=track_running_stats))
+        return Bottleneck(cbn(in_ch, planes, 1), cbn(planes, planes, 3), cbn(planes, out_ch, 1),
+                          cbn(in_ch, out_ch, 1))
 
     def units(self) -> list[nn.Module]:
         return list(self._units)

@@ -6,7 +6,7 @@ Stage-wise (read the backbone's stages, :class:`~mtlrepro.models.backbones.Stage
 ``mtan``, ``cross_stitch``. Independent networks: ``single_task``.
 """
 from . import (attentive, conv_alternatives, cross_stitch, etr, etr_nlp, hard_sharing, max_roaming,  # noqa: F401
-               mtan, single_task, task_routing)  # (each module registers its scheme)
+               mtan, nddr_cnn, single_task, task_routing)  # (each module registers its scheme)
 from .attentive import Attentive
 from .conv_alternatives import ConvAlternatives
 from .cross_stitch import CrossStitch

@@ -30,8 +30,14 @@ On SegNet this is MTAN's exact computation: the encoder ``fit`` after ``block_s`
 
 An attention module is Conv1x1 -> BN -> ReLU -> Conv1x1 -> BN -> Sigmoid (all convs with bias);
 its input width is ``widths[0]`` (first stage), ``2 * widths[s]`` (encoder) or ``widths[s-1] +
-widths[s]`` (decoder); hidden and output width the width it gates. Bilinear upsampling uses
-``align_corners=True`` as MTAN does.
+widths[s]`` (decoder); output width the width ``C`` it gates, hidden width the backbone's
+``attention_hidden(C)`` (default ``C``). The shared blocks are the backbone's
+``make_attention_block`` where it provides one, else the Conv3x3 -> BN -> ReLU above
+(:class:`~mtlrepro.models.backbones.protocol.StagedBackbone`). SegNet, ResNet18 and VGG16 take
+the defaults; ``resnet50_dilated`` declares LibMTL's ResNet-50 rule
+(``LibMTL/architecture/MTAN.py``, ``_transform_resnet_MTAN`` with expansion 4): hidden ``C / 4``,
+and a stride-1 Bottleneck of ``C_next / 4`` planes with a 1x1 conv -> BN projection shortcut.
+Bilinear upsampling uses ``align_corners=True`` as MTAN does.
 
 Parameters (SegNet): NYUv2 (``out_dims=[13, 1, 3]``) 44,229,073; Cityscapes (``[7, 1]``)
 41,206,984. MTAN's printed counts (REFERENCE.md: 44,229,076 and 41,206,986) also hold
@@ -40,12 +46,16 @@ model; they belong to a loss weighting, not to the network (see
 :mod:`mtlrepro.models.backbones.segnet`). The shared encoder attention blocks number 5 on SegNet
 (64->128, 128->256, 256->512, 512->512, 512->512): the fifth, feeding the decoder's attention
 path, is 2,360,832 of the total. On ResNet18 (no decoder) there are 3 (64->128, 128->256,
-256->512).
+256->512). On ``resnet50_dilated`` + ``aspp``: NYUv2 92,347,921, Cityscapes 72,044,232, LibMTL's
+measured counts (REFERENCE.md, CoNAL's setting); with the generic rule it would be 146,679,633 /
+113,882,696.
 
 Keyword arguments: none of its own; ``backbone_kwargs`` go to the backbone (``width_mult``,
 ``track_running_stats``). The backbone must be a ``StagedBackbone``.
 
-Initialisation follows MTAN: Xavier-normal conv weights with zero bias, BN weight 1 / bias 0.
+Initialisation follows MTAN: Xavier-normal conv weights with zero bias, BN weight 1 / bias 0 -
+on every backbone, including ``resnet50_dilated``, where LibMTL leaves its attention modules and
+Bottleneck blocks at PyTorch's default initialisation (same shapes and counts, other draws).
 """
 from __future__ import annotations
 
@@ -104,17 +114,21 @@ class MTAN(UnitMTLModel):
         # encoder block s: to the next encoder stage's width; the last encoder stage keeps its own
         # (it feeds the decoder's first block); none after the last stage of the whole backbone
         enc_out = [w[s + 1] if s + 1 < n_enc else w[s] for s in range(n_enc if n > n_enc else n_enc - 1)]
+        hid = enc.attention_hidden
+
+        def block(i: int, o: int) -> nn.Module:
+            own = enc.make_attention_block(i, o, trs)
+            return conv_block(i, o, trs) if own is None else own
+
         self.enc_att = PerTask([nn.ModuleList(
-            [attention_block(w[0], w[0], w[0])]
-            + [attention_block(2 * w[s], w[s], w[s]) for s in range(1, n_enc)])
+            [attention_block(w[0], hid(w[0]), w[0])]
+            + [attention_block(2 * w[s], hid(w[s]), w[s]) for s in range(1, n_enc)])
             for _ in range(self.n_tasks)])
         self.dec_att = PerTask([nn.ModuleList(
-            [attention_block(w[s - 1] + w[s], w[s], w[s]) for s in range(n_enc, n)])
+            [attention_block(w[s - 1] + w[s], hid(w[s]), w[s]) for s in range(n_enc, n)])
             for _ in range(self.n_tasks)])
-        self.enc_block_att = nn.ModuleList(
-            [conv_block(w[s], c, trs) for s, c in enumerate(enc_out)])
-        self.dec_block_att = nn.ModuleList(
-            [conv_block(w[s - 1], w[s], trs) for s in range(n_enc, n)])
+        self.enc_block_att = nn.ModuleList([block(w[s], c) for s, c in enumerate(enc_out)])
+        self.dec_block_att = nn.ModuleList([block(w[s - 1], w[s]) for s in range(n_enc, n)])
         for m in (self.enc_att, self.dec_att, self.enc_block_att, self.dec_block_att):
             init_xavier(m)
 
