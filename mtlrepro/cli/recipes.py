@@ -24,10 +24,15 @@ def run(args: argparse.Namespace) -> int:
     reg = recipe_registry()
     recipes = resolve_recipes(args.target) if args.target else [reg.get(n) for n in reg.names()]
     if args.json:
-        print(json.dumps([dict(r.to_dict(), fingerprint=r.fingerprint) for r in recipes], indent=1))
+        print(json.dumps([dict(r.to_dict(), fingerprint=_fingerprint(r)) for r in recipes], indent=1))
         return 0
     print(tabulate([[r.id, r.task_set, r.backbone, r.sharing, r.weighting, r.update, r.epochs,
-                     r.batch_size, len(r.seeds), r.status, r.fingerprint[:12]] for r in recipes],
+                     r.batch_size, len(r.seeds), r.status, (_fingerprint(r) or "—")[:12]] for r in recipes],
                    headers=["recipe", "tasks", "backbone", "sharing", "weighting", "update", "epochs",
                             "batch", "seeds", "status", "fingerprint"]))
     return 0
+
+
+def _fingerprint(recipe) -> str | None:
+    """A runnable recipe's fingerprint; none for a row that is not implemented (its scheme may not exist)."""
+    return recipe.fingerprint if recipe.status == "ready" else None
