@@ -61,6 +61,17 @@ def _speed_options(records) -> str:
                      for opts, ids in sorted(used.items()))
 
 
+def _published_text(table, row, col) -> str:
+    """The cell as printed; for a column printed as differences from a reference row (CoNAL Tables
+    2/3) also the absolute value the diff compares with: ``-0.73 (= 67.40)``."""
+    text = row.cells[col.key].text
+    ref = col.printed_as.split(":", 1)[1] if col.printed_as.startswith("difference_from:") else None
+    if ref is None or row.key == ref:
+        return text
+    value = table.absolute(row, col.key)
+    return text if value is None else f"{text} (= {value:.6g})"
+
+
 def _cell_text(text: str, d: CellDiff) -> str:
     """``published → measured (n) verdict`` plus p (tested) or the raw difference (untested)."""
     failed = f", {d.n_failed} failed" if d.n_failed and d.measured is not None else ""
@@ -229,7 +240,7 @@ def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: 
         line = [row.label, row.group or ""]
         for c in cols:
             d = by_cell.get((row.key, c.key))
-            line.append("" if d is None else _cell_text(row.cells[c.key].text, d))
+            line.append("" if d is None else _cell_text(_published_text(table, row, c), d))
         body.append(line)
     lines += ["## Published vs measured", "",
               tabulate(body, headers=["row", "group"] + [c.label for c in cols], tablefmt="github"), ""]

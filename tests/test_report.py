@@ -233,3 +233,13 @@ def test_report_does_not_claim_float32_when_tf32_was_on():
     assert "no TF32" in _speed_options([rec(False)])
     text = _speed_options([rec(False), rec(True)])
     assert "**TF32** in `t/r/x`" in text and "no TF32" not in text
+
+
+def test_difference_printed_cells_show_the_absolute_value_compared():
+    from mtlrepro.report import _published_text
+    from mtlrepro.tables import get_table
+    t = get_table("conal/table2")
+    hps, stl = t.row("hps"), t.row("stl")
+    col = t.column("miou")
+    assert _published_text(t, stl, col) == stl.cells["miou"].text
+    assert _published_text(t, hps, col) == f"{hps.cells['miou'].text} (= {68.13 - 0.73:.6g})"

@@ -101,6 +101,7 @@ class MTAN(UnitMTLModel):
     """Shared staged backbone + per-task attention at every stage; see the module docstring."""
 
     task_conditional = False
+    version = 2  # 2: attention width and shared block read from the backbone (LibMTL's on resnet50_dilated)
 
     def __init__(self, backbone: str = "segnet", out_dims: list[int] | None = None, **backbone_kwargs):
         super().__init__(backbone, out_dims or [], **backbone_kwargs)
