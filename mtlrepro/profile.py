@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .compare import params_key
 from .complexity import count
 from .recipe import recipe_sets
 from .schema import Table
@@ -59,13 +60,15 @@ def profile_table(table: Table) -> list[RowProfile]:
                                   else "not implemented"))
             continue
         out_dims, shape = problem_shape(recipe)
-        key = repr((recipe.backbone, recipe.sharing, sorted(recipe.model_kwargs().items()), out_dims, shape))
+        key = repr((recipe.backbone, recipe.sharing, sorted(recipe.model_kwargs(weights=False).items()), out_dims, shape))
         if key not in cache:
             import torch
             torch.manual_seed(0)
-            model = build_model(recipe.backbone, recipe.sharing, out_dims, **recipe.model_kwargs())
+            model = build_model(recipe.backbone, recipe.sharing, out_dims, **recipe.model_kwargs(weights=False))
             cache[key] = count(model, shape)
         c = cache[key]
-        out.append(RowProfile(row.key, row.label, row.group, recipe.id, c.params, c.flops, c.flops_unit,
+        # the paper's #P scope: one task's forward (ETR-NLP, task routing) or the whole model (CoNAL, GatedMTL)
+        params = c.params_total if params_key(table) == "params_total" else c.params
+        out.append(RowProfile(row.key, row.label, row.group, recipe.id, params, c.flops, c.flops_unit,
                               list(c.input_shape), pub, c.unsupported_ops, c.scope))
     return out

@@ -76,9 +76,13 @@ class Recipe:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RESULT_FIELDS
                 and not (f.name in OPTIONAL_FIELDS and not getattr(self, f.name))}
 
-    def model_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`mtlrepro.models.build_model` after ``out_dims``."""
+    def model_kwargs(self, weights: bool = True) -> dict[str, Any]:
+        """The keyword arguments of :func:`mtlrepro.models.build_model` after ``out_dims``
+        (``weights=False``: without ``pretrained``, for counting parameters and FLOPs, which do not
+        depend on the initialisation)."""
         extra = {k: getattr(self, k) for k in OPTIONAL_MODEL_FIELDS if getattr(self, k)}
+        if not weights:
+            extra.pop("pretrained", None)
         return {**extra, **self.sharing_kwargs}
 
     def resolved(self) -> dict[str, Any]:

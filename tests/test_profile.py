@@ -31,3 +31,12 @@ def test_table2_conv_rows_reproduce_params_and_flops():
         assert abs(p.params - params) / params < 0.01
         assert abs(p.flops - flops) / flops < 0.02
     assert all(p.params and p.flops for p in rows.values())  # every row measured
+
+
+def test_conal_profile_counts_the_whole_model_and_matches_libmtl():
+    """CoNAL's #P is every parameter of the model (STL: one network per task); HPS, MTAN and STL
+    are LibMTL's measured counts (REFERENCE), and building needs no ImageNet weights file."""
+    from mtlrepro.profile import profile_table
+    from mtlrepro.tables import get_table
+    rows = {r.row: r for r in profile_table(get_table("conal/table2")) if r.row in ("stl", "hps", "mtan")}
+    assert {k: r.params for k, r in rows.items()} == {"stl": 79_269_000, "hps": 55_760_968, "mtan": 72_044_232}

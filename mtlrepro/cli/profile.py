@@ -20,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from ..profile import profile_table
     from ..tables import get_table
 
-    rows = profile_table(get_table(args.id))
+    table = get_table(args.id)
+    rows = profile_table(table)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=1))
         return 0
@@ -33,8 +34,11 @@ def run(args: argparse.Namespace) -> int:
                     ", ".join(r.unsupported_ops) or ""])
     print(tabulate(out, headers=["row", "group", "published", "params", "vs #P", "compute", "vs #F", "unit",
                                  "input", "ops fvcore skips"]))
-    print("\nparams: learnable parameters used by one task's forward pass; compute: fvcore count for one "
-          "image (multiply-accumulates).")
+    from ..compare import params_key
+    scope = ("every learnable parameter of the model" if params_key(table) == "params_total"
+             else "learnable parameters used by one task's forward pass")
+    print(f"\nparams: {scope} (the paper's #P scope); compute: fvcore count for one image "
+          "(multiply-accumulates).")
     return 0
 
 

@@ -152,7 +152,7 @@ def _complexity(backbone: str, sharing: str, kwargs: str, out_dims: tuple[int, .
 def run_complexity(recipe: Recipe, problem) -> dict:
     """fvcore params/MACs of this run's model at this run's input size (one image, one task)."""
     import json
-    return dict(_complexity(recipe.backbone, recipe.sharing, json.dumps(recipe.model_kwargs(), sort_keys=True),
+    return dict(_complexity(recipe.backbone, recipe.sharing, json.dumps(recipe.model_kwargs(weights=False), sort_keys=True),
                             tuple(problem.out_dims), tuple(problem.input_shape)))
 
 
