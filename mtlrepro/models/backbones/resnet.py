@@ -61,7 +61,19 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet18Encoder(StagedBackbone):
+class ResNetStages(StagedBackbone):
+    """The stage layout torchvision's ResNets share: ``stem`` (conv unit) -> ReLU -> ``maxpool``,
+    then ``layer1`` .. ``layer4``. Subclasses give the blocks and their taps."""
+
+    @property
+    def stages(self) -> tuple[nn.Module, ...]:
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.stem(x)))
+
+
+class ResNet18Encoder(ResNetStages):
     """ResNet18 up to global average pooling; ``forward`` returns ``(B, 512 * width_mult)``."""
 
     strides = (4, 8, 16, 32)
@@ -108,13 +120,7 @@ class ResNet18Encoder(StagedBackbone):
     def _init_weights(self) -> None:
         init_torchvision(self)
 
-    # --- stages (StagedBackbone) --------------------------------------------------------------
-    @property
-    def stages(self) -> tuple[nn.Module, ...]:
-        return (self.layer1, self.layer2, self.layer3, self.layer4)
-
-    def forward_stem(self, x: Tensor) -> Tensor:
-        return self.maxpool(self.relu(self.stem(x)))
+    # --- stages (StagedBackbone): ResNetStages; the taps are this block layout's --------------
 
     def stage_taps(self, s: int, h: Tensor, state: dict) -> StageTaps:
         blocks = self.stages[s]

@@ -42,7 +42,8 @@ from ..heads import HeadFactory
 from ..registries import BACKBONES
 from ..units import ConvBN, ConvSpec
 from ..weight_init import init_torchvision
-from .protocol import Backbone, StagedBackbone, StageTaps
+from .protocol import Backbone, StageTaps
+from .resnet import ResNetStages
 
 __all__ = ["ResNet50DilatedEncoder", "Bottleneck", "build_resnet50_dilated", "RESNET50_ENCODER_PARAMS",
            "BLOCKS", "DILATIONS"]
@@ -83,7 +84,7 @@ def _check_dilation(unit: nn.Module, spec: ConvSpec) -> None:
                          f"(unit {spec.index}); resnet50_dilated needs units that dilate")
 
 
-class ResNet50DilatedEncoder(StagedBackbone):
+class ResNet50DilatedEncoder(ResNetStages):
     """Dilated ResNet-50 up to ``layer4``; ``forward`` returns ``(B, 2048, H/8, W/8)``."""
 
     widths = tuple(p * EXPANSION for p in PLANES)
@@ -126,13 +127,7 @@ class ResNet50DilatedEncoder(StagedBackbone):
         self.out_features = in_ch
         init_torchvision(self)
 
-    # --- stages (StagedBackbone) --------------------------------------------------------------
-    @property
-    def stages(self) -> tuple[nn.Module, ...]:
-        return (self.layer1, self.layer2, self.layer3, self.layer4)
-
-    def forward_stem(self, x: Tensor) -> Tensor:
-        return self.maxpool(self.relu(self.stem(x)))
+    # --- stages (StagedBackbone): ResNetStages; the taps follow LibMTL's MTAN split -----------
 
     def stage_taps(self, s: int, h: Tensor, state: dict) -> StageTaps:
         blocks = self.stages[s]
