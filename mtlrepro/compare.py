@@ -29,6 +29,7 @@ from pathlib import Path
 from .audit import audit_table, summarize
 from .delta import MetricValue, delta
 from .metrics.definitions import incomparable_reason, same_quantity
+from .pipeline import Waiting, resolve_upstream
 from .recipe import Recipe, RecipeSet, apply_profile, recipe_sets
 from .schema import SCALE_SUFFIX, Column, Row, Table
 from .store import RunRecord, find_run
@@ -152,6 +153,11 @@ def collect_runs(table: Table, profile: str, seeds: list[int] | None = None, res
             out[row.key] = RowRuns(recipe, [], [], fitted)
             continue
         eff = apply_profile(recipe, profile)
+        try:
+            eff = resolve_upstream(eff, profile, results_root)
+        except Waiting:   # its search has not run: no retraining run can exist
+            out[row.key] = RowRuns(eff, [], [], fitted)
+            continue
         runs, failed = [], []
         for s in (seeds if seeds is not None else eff.seeds):
             rec = find_run(profile, eff.id, eff.fingerprint, s, results_root)

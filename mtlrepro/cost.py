@@ -44,7 +44,9 @@ def seconds_per_batch(recipe: Recipe, device: str = "h100") -> Estimate:
     cal = calibration(device)
     key = f"{recipe.dataset}/{recipe.task_set}/{recipe.backbone}/{recipe.sharing}/{recipe.weighting}/{recipe.update}"
     if key in cal.get("s_per_batch", {}):
-        return Estimate(cal["s_per_batch"][key] * recipe.batch_size / 256, "measured")
+        ref = cal.get("reference_batch", 256)   # "recipe": measured at (or scaled to) the recipe's batch
+        scale = 1.0 if ref == "recipe" else recipe.batch_size / float(ref)
+        return Estimate(cal["s_per_batch"][key] * scale, "measured")
     passes = cal.get("s_per_task_pass", {})
     sets = get_dataset(recipe.dataset).task_sets if recipe.dataset in DATASETS else {}
     n_tasks = sets[recipe.task_set].n_tasks if recipe.task_set in sets else None

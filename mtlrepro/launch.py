@@ -5,12 +5,14 @@ and a sweep can be interrupted and restarted at any point.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from .pipeline import Waiting, resolve_upstream
 from .recipe import Recipe, apply_profile, get_recipe, recipes_for_table
 from .registry import Registry, UnknownKeyError
 from .store import RunRecord, find_run, save_run
@@ -56,7 +58,8 @@ def _tables_with_recipes() -> list[str]:
 def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = None,
               results_root: Path | None = None, device: str | None = None
               ) -> tuple[list[Job], list[tuple[Job, RunRecord]], list[Recipe]]:
-    """(jobs to run, jobs already stored with their records, recipes not implemented).
+    """(jobs to run, jobs already stored with their records, recipes not run: not implemented, or
+    ``status`` "waiting for <upstream> ..." when their upstream run is not stored yet).
 
     A job is stored when a record of its fingerprint and seed exists for the device kind it would
     run on (``device``; the default device when None). Recipes of several tables that resolve to
@@ -75,6 +78,11 @@ def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = Non
             continue
         check_update_weighting(r.update, r.weighting)   # an unsupported pair stops the sweep before any run
         eff = apply_profile(r, profile)
+        try:
+            eff = resolve_upstream(eff, profile, results_root)
+        except Waiting as w:   # its upstream (a search) has not run: a later wave runs it
+            skipped.append(dataclasses.replace(eff, status=f"waiting for {w.upstream.id} seed {w.seed} ({w.why})"))
+            continue
         for s in (seeds if seeds is not None else list(eff.seeds)):
             if (eff.fingerprint, s) in seen:
                 continue

@@ -43,32 +43,49 @@ def _published(table: Table, row) -> dict:
     return out
 
 
-def profile_table(table: Table) -> list[RowProfile]:
-    from .models import build_model
-    from .problems import problem_shape
+def profile_table(table: Table, results_root=None) -> list[RowProfile]:
+    """One :class:`RowProfile` per row of ``table`` (counted on the row's recipe), then one per
+    ``extra`` recipe of its recipe set (documented variants that are not printed rows). A row that
+    retrains a searched architecture is counted on the architecture its stored search exported
+    (full profile), or noted as waiting for that search."""
+    from .pipeline import Waiting, resolve_upstream
+    from .recipe import apply_profile
 
     rs = recipe_sets().get(table.id)
     by_row = {r.row: r for r in rs.recipes} if rs else {}
     cache: dict[str, tuple] = {}
     out = []
-    for row in table.rows:
-        recipe = by_row.get(row.key)
-        pub = _published(table, row)
+    items = [(row.key, row.label, row.group, by_row.get(row.key), _published(table, row)) for row in table.rows]
+    items += [(r.row, f"{r.row} (not a printed row)", None, r, {}) for r in (rs.recipes if rs else ()) if r.extra]
+    for key_, label, group, recipe, pub in items:
         if recipe is None or recipe.status != "ready":
-            out.append(RowProfile(row.key, row.label, row.group, recipe.id if recipe else None, None, None,
+            out.append(RowProfile(key_, label, group, recipe.id if recipe else None, None, None,
                                   None, None, pub, {}, note="ambiguous" if recipe and recipe.status == "ambiguous"
                                   else "not implemented"))
             continue
-        out_dims, shape = problem_shape(recipe)
-        key = repr((recipe.backbone, recipe.sharing, sorted(recipe.model_kwargs(weights=False).items()), out_dims, shape))
-        if key not in cache:
-            import torch
-            torch.manual_seed(0)
-            model = build_model(recipe.backbone, recipe.sharing, out_dims, **recipe.model_kwargs(weights=False))
-            cache[key] = count(model, shape)
-        c = cache[key]
-        # the paper's #P scope: one task's forward (ETR-NLP, task routing) or the whole model (CoNAL, GatedMTL)
-        params = c.params_total if params_key(table) == "params_total" else c.params
-        out.append(RowProfile(row.key, row.label, row.group, recipe.id, params, c.flops, c.flops_unit,
-                              list(c.input_shape), pub, c.unsupported_ops, c.scope))
+        try:
+            concrete = resolve_upstream(apply_profile(recipe, "full"), "full", results_root)
+        except Waiting as w:
+            out.append(RowProfile(key_, label, group, recipe.id, None, None, None, None, pub, {},
+                                  note=f"waiting for {w.upstream.row} (the searched architecture)"))
+            continue
+        out.append(_count_row(table, key_, label, group, concrete, pub, cache))
     return out
+
+
+def _count_row(table: Table, key_: str, label: str, group, recipe, pub: dict, cache: dict) -> RowProfile:
+    from .models import build_model
+    from .problems import problem_shape
+
+    out_dims, shape = problem_shape(recipe)
+    key = repr((recipe.backbone, recipe.sharing, sorted(recipe.model_kwargs(weights=False).items()), out_dims, shape))
+    if key not in cache:
+        import torch
+        torch.manual_seed(0)
+        model = build_model(recipe.backbone, recipe.sharing, out_dims, **recipe.model_kwargs(weights=False))
+        cache[key] = count(model, shape)
+    c = cache[key]
+    # the paper's #P scope: one task's forward (ETR-NLP, task routing) or the whole model (CoNAL, GatedMTL)
+    params = c.params_total if params_key(table) == "params_total" else c.params
+    return RowProfile(key_, label, group, recipe.id, params, c.flops, c.flops_unit, list(c.input_shape), pub,
+                      c.unsupported_ops, c.scope)

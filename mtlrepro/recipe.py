@@ -27,10 +27,13 @@ from .registry import Registry
 from .tables import REPRODUCE_DIR, TableFormatError
 
 RECIPES_DIR = REPRODUCE_DIR / "recipes"
-NOT_RESULT_FIELDS = {"id", "table", "row", "seeds", "notes", "status", "fitted"}
+#: provenance, not configuration: a run is a function of the rest (a dependent recipe's upstream
+#: output is embedded in its resolved form, see mtlrepro/pipeline.py)
+NOT_RESULT_FIELDS = {"id", "table", "row", "seeds", "notes", "status", "fitted", "architecture_from",
+                     "architecture_seed", "upstream", "extra"}
 OPTIONAL_MODEL_FIELDS = ("head", "conv_unit", "head_kwargs", "pretrained")
 #: fields left out of the fingerprint while unset, so that adding them changed no existing run
-OPTIONAL_FIELDS = (*OPTIONAL_MODEL_FIELDS, "lr_schedule")
+OPTIONAL_FIELDS = (*OPTIONAL_MODEL_FIELDS, "lr_schedule", "grad_clip", "search_val_fraction")
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,18 @@ class Recipe:
     eval_split: str = "val"
     image_size: int = 64
     resize_mode: str = "square"
-    selection: str = "last"            # last | best:<metric>
+    selection: str = "last"            # last | mean_last:<k> | best:<metric> | best_delta_vs_first:<..> (train/selection.py)
     amp: bool = False                  # bf16 autocast (off for fidelity; reported when on)
     tf32: bool = False                 # TF32 matmuls/convolutions on GPUs (set explicitly, recorded)
     channels_last: bool = False
     max_steps_per_epoch: int | None = None   # only the tiny profile sets it
+    grad_clip: float | None = None     # total-norm gradient clipping before each optimizer step (None: off)
+    search_val_fraction: float = 0.0   # > 0: hold out this fraction of the training split for a search's
+    search_split_seed: int = 688       #   upper-level batches (CoNAL: 0.2, numpy seed 688 as released)
+    architecture_from: str | None = None   # recipe id (or row of this table) whose run exports the architecture
+    architecture_seed: int = 0         # which seed's search the architecture comes from
+    upstream: dict[str, Any] = field(default_factory=dict)   # set when resolved: the run it came from
+    extra: bool = False                # run with its table but not one of its printed rows (a documented variant)
     measure_conflicts: int = 0         # every k epochs, CoNAL Table 1's gradient-conflict ratios (0: off)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     status: str = "ready"              # ready | not_implemented
@@ -73,8 +83,11 @@ class Recipe:
     def result_dict(self) -> dict[str, Any]:
         """Everything that can change a run's result, as written in the recipe (the model fields
         ``head``, ``conv_unit``, ``head_kwargs`` only when set, so their defaults add nothing)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RESULT_FIELDS
-                and not (f.name in OPTIONAL_FIELDS and not getattr(self, f.name))}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RESULT_FIELDS
+               and not (f.name in OPTIONAL_FIELDS and not getattr(self, f.name))}
+        if not self.search_val_fraction:
+            out.pop("search_split_seed", None)   # only means something with a search split
+        return out
 
     def model_kwargs(self, weights: bool = True) -> dict[str, Any]:
         """The keyword arguments of :func:`mtlrepro.models.build_model` after ``out_dims``
@@ -97,6 +110,9 @@ class Recipe:
 
     @property
     def fingerprint(self) -> str:
+        if self.architecture_from and "architecture" not in self.sharing_kwargs:
+            raise ValueError(f"{self.id} takes its architecture from {self.architecture_from!r}: its fingerprint "
+                             f"exists once that run is stored (mtlrepro.pipeline.resolve_upstream)")
         return _fingerprint(self)
 
     def __hash__(self) -> int:

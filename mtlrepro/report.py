@@ -189,9 +189,29 @@ def _header(td: TableDiff) -> list[str]:
         f"- **Devices:** {', '.join(devices) or '—'}; torch {', '.join(torches) or '—'}",
         f"- **Code:** runs from git {', '.join(shas) or '—'}; report from git {git_sha()}",
         f"- **Precision / layout:** {_speed_options(records)}",
+        f"- **Epoch selection:** {_selection_rules(records)}",
         f"- **Data:** {_data_checksums(records)}",
         "",
     ]
+
+
+def _selection_rules(records) -> str:
+    """Which epoch each run reports (``record.final["selection"]``); a rule that picks the epoch by
+    its score on the test set is named test-set selection, in bold."""
+    from .train.selection import is_test_set_selection, selection_label
+    used: dict[str, set[str]] = {}
+    for r in records:
+        rule = str((r.final or {}).get("selection") or (r.recipe or {}).get("selection") or "last")
+        ds, split = (r.recipe or {}).get("dataset", ""), (r.recipe or {}).get("eval_split", "")
+        label = selection_label(rule, ds, split) if ds else rule
+        if ds and is_test_set_selection(rule, ds, split):
+            label = f"**{label}**"
+        used.setdefault(label, set()).add(r.recipe_id)
+    if not used:
+        return "—"
+    if len(used) == 1:
+        return f"{next(iter(used))} in every run"
+    return "; ".join(f"{label} in {', '.join(f'`{i}`' for i in sorted(ids))}" for label, ids in sorted(used.items()))
 
 
 def _data_checksums(records) -> str:

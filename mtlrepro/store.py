@@ -77,6 +77,7 @@ class RunRecord:
     complexity: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     failure: str = ""
+    artifacts: dict[str, Any] = field(default_factory=dict)   # what a run exports (a search's architecture)
     seconds: float = 0.0                      # training time summed over every segment of the run
     schema_version: int = SCHEMA_VERSION
 

@@ -27,7 +27,8 @@ def test_every_row_with_a_recipe_points_to_it():
         if rs.figure is not None or rs.suite is not None:  # figure sweeps and suites have no printed table
             continue
         table = get_table(tid)
-        ids = {r.row: r.id for r in rs.recipes}
+        upstream = {r.architecture_from.rsplit("/", 1)[-1] for r in rs.recipes if r.architecture_from}
+        ids = {r.row: r.id for r in rs.recipes if not r.extra and r.row not in upstream}
         assert set(ids) <= {r.key for r in table.rows}, tid
         for row in table.rows:
             if row.key in ids:
@@ -214,4 +215,4 @@ def test_submitit_launcher_debug_cluster(tmp_path, tiny_env):
 
 def test_plan_prints_jobs_and_a_cost_estimate():
     out = _cli("plan", "etr_nlp/table4")
-    assert "70 jobs to run" in out and "GPU hours" in out
+    assert "70 jobs to run" in out and "hours on NVIDIA H100" in out

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from mtlrepro.report import _speed_options
+from mtlrepro.report import _selection_rules, _speed_options
 from mtlrepro.store import RunRecord
 from tests.golden import report_table4 as fixture
 
@@ -30,6 +30,17 @@ def test_speed_options_are_reported_when_used():
     assert "**bf16 autocast** in `t/c`, `t/e`" in text
     assert "**bf16 autocast, channels-last** in `t/d`" in text
     assert "t/a" not in text and "off" not in text
+
+
+def test_test_set_selection_is_named_in_the_report_header():
+    rule = "best_delta_vs_first:miou,pixel_acc|abs_err_pooled,rel_err_pooled"
+    last = [_rec("c/a", dataset="nyuv2", eval_split="val", selection="last")]
+    assert _selection_rules(last) == "last in every run"
+    mixed = last + [_rec("c/b", dataset="nyuv2", eval_split="val", selection=rule)]
+    text = _selection_rules(mixed)
+    assert "**best_delta_vs_first (test-set selection)** in `c/b`" in text and "last in `c/a`" in text
+    celeba = [_rec("e/a", dataset="celeba", eval_split="val", selection="best:fscore")]
+    assert "test-set" not in _selection_rules(celeba)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cost import calibration, job_seconds
     from ..launch import plan_jobs, resolve_recipes
+    from ..pipeline import upstream_recipe
 
     recipes = resolve_recipes(args.target)
     todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
@@ -30,18 +31,28 @@ def run(args: argparse.Namespace) -> int:
         e = job_seconds(j.recipe, args.calibration)
         return ("?" if e.seconds is None else f"{e.seconds / 3600:.2f}"), e.basis
 
-    rows = [[j.recipe.id, j.seed, "to run", j.recipe.epochs, *est(j)] for j in todo]
-    rows += [[j.recipe.id, j.seed, rec.status, j.recipe.epochs, "", ""] for j, rec in done]
-    rows += [[r.id, "-", r.status.replace("_", " "), "-", "", ""] for r in skipped]
+    def after(r) -> str:   # the pipeline's edges: which run's output this recipe retrains
+        up = upstream_recipe(r)
+        return f"{up.row} s{r.architecture_seed}" if up is not None else ""
+
+    rows = [[j.recipe.id, j.seed, "to run", after(j.recipe), j.recipe.epochs, *est(j)] for j in todo]
+    rows += [[j.recipe.id, j.seed, rec.status, after(j.recipe), j.recipe.epochs, "", ""] for j, rec in done]
+    def state(r) -> str:   # "waiting for <upstream id> seed k (why)": the after column names the upstream
+        return "waiting" + r.status[r.status.rindex(" ("):] if r.status.startswith("waiting") else r.status.replace("_", " ")
+
+    rows += [[r.id, "-", state(r), after(r), "-", "", ""] for r in skipped]
     print(tabulate(sorted(rows, key=lambda r: (r[0], str(r[1]))),
-                   headers=["recipe", "seed", "state", "epochs", "GPU h (est.)", "basis"]))
+                   headers=["recipe", "seed", "state", "after", "epochs", "h (est.)", "basis"]))
     epochs = sum(j.recipe.epochs for j in todo)
     secs = [job_seconds(j.recipe, args.calibration).seconds for j in todo]
     known = [s for s in secs if s is not None]
     cal = calibration(args.calibration)
-    total = (f"{sum(known) / 3600:.1f} GPU hours on {cal.get('device', args.calibration)}"
+    total = (f"{sum(known) / 3600:.1f} hours on {cal.get('device', args.calibration)}"
              + (f" for {len(known)} of {len(todo)} jobs (the rest have no calibration)" if len(known) < len(todo) else "")
              if known else "no cost estimate (no calibration for these recipes)")
+    waiting = [r for r in skipped if r.status.startswith("waiting")]
     print(f"\n{len(todo)} jobs to run ({epochs} epochs), {len(done)} stored, "
-          f"{len(skipped)} recipes not run (not implemented or ambiguous); profile {args.profile}\nestimated cost: {total}")
+          f"{len(skipped) - len(waiting)} recipes not run (not implemented or ambiguous), {len(waiting)} waiting "
+          f"for an upstream run (run after it, by `mtlrepro run`); profile {args.profile}\nestimated cost: {total}"
+          + (" (waiting jobs not included)" if waiting else ""))
     return 0

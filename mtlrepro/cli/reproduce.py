@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..compare import compare_table
     from ..launch import make_launcher, plan_jobs, resolve_recipes
+    from ..pipeline import run_pipeline
     from ..problems.paths import data_root_or_explain
     from ..report import write_report
     from ..tables import get_table
@@ -40,11 +41,20 @@ def run(args: argparse.Namespace) -> int:
     if args.profile == "full":  # fail before anything runs, with the exact layout expected
         for ds in sorted({r.dataset for r in recipes}):
             data_root_or_explain(ds, args.data_root)
-    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
-    print(f"{table.id}: {len(todo)} runs to do, {len(done)} stored, {len(skipped)} recipes not run "
-          f"(not implemented or ambiguous; profile {args.profile})", file=sys.stderr)
-    if todo:
-        make_launcher(args.launcher, args.device, not args.no_progress, args.workers).run(todo, args.data_root)
+    def plan():
+        return plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
+
+    first = plan()
+    todo, done, skipped = first
+    waiting = sum(r.status.startswith("waiting") for r in skipped)
+    print(f"{table.id}: {len(todo)} runs to do, {len(done)} stored, {len(skipped) - waiting} recipes not run "
+          f"(not implemented or ambiguous), {waiting} waiting for an upstream run; profile {args.profile}",
+          file=sys.stderr)
+    launcher = make_launcher(args.launcher, args.device, not args.no_progress, args.workers)
+    _, _, skipped = run_pipeline(first, plan, lambda jobs: launcher.run(jobs, args.data_root))
+    for r in skipped:
+        if r.status.startswith("waiting"):
+            print(f"still {r.status}: {r.id}", file=sys.stderr)
     td = compare_table(table, args.profile, parse_seeds(args.seeds))
     path = write_report(table, args.profile, diff=td)   # the report shows exactly the diff judged here
     counts = Counter(d.verdict for d in td.cells)

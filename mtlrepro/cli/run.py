@@ -26,14 +26,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..launch import make_launcher, plan_jobs, resolve_recipes
+    from ..pipeline import run_pipeline
 
     recipes = resolve_recipes(args.target)
-    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
-    if args.retry_failed:
-        todo += [j for j, rec in done if rec.status == "failed"]
+    launcher = make_launcher(args.launcher, args.device, not args.no_progress, args.workers)
+    retried: set[str] = set()
+
+    def plan():
+        todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
+        if args.retry_failed:   # each failed run once
+            again = [j for j, rec in done if rec.status == "failed" and j.name not in retried]
+            retried.update(j.name for j in again)
+            todo += again
+        return todo, done, skipped
+
+    todo, done, skipped = plan()
+    print(f"{len(todo)} jobs to run, {len(done)} already stored (profile {args.profile})", file=sys.stderr)
+    todo, done, skipped = run_pipeline((todo, done, skipped), plan, lambda jobs: launcher.run(jobs, args.data_root))
     for r in skipped:
         print(f"not run ({r.status.replace('_', ' ')}): {r.id}", file=sys.stderr)
-    print(f"{len(todo)} jobs to run, {len(done)} already stored (profile {args.profile})", file=sys.stderr)
-    if todo:
-        make_launcher(args.launcher, args.device, not args.no_progress, args.workers).run(todo, args.data_root)
     return 0

@@ -37,6 +37,9 @@ class DatasetSpec:
     tiny_generator: str               # "module:attr" -> f(root, **tiny_kwargs, seed=...) writes the real format
     tiny_kwargs: dict[str, Any]       # sizes (and layout) of the generated copy
     task_sets: dict[str, TaskSet] = field(default_factory=dict)
+    #: the splits the papers report as their test set (MTAN's data has no other: its "val" is it);
+    #: choosing an epoch by its score on one of them is test-set selection
+    test_splits: tuple[str, ...] = ("test",)
     version: int = 1                  # the data pipeline's implementation version (fingerprinted)
 
     def build_problem(self, recipe, profile: str, data_root: str | None, device) -> Any:
@@ -85,6 +88,7 @@ register(DatasetSpec(
 
 register(DatasetSpec(
     name="cityscapes", title="Cityscapes (MTAN's 128x256)",
+    test_splits=("val",),
     problem="mtlrepro.problems.dense:build_cityscapes_problem", shape="mtlrepro.problems.dense:cityscapes_shape",
     split_sizes={"train": 2_975, "val": 500},
     expected_layout=(
@@ -102,6 +106,7 @@ register(DatasetSpec(
 
 register(DatasetSpec(
     name="nyuv2", title="NYUv2 (MTAN's 288x384, 13 classes)",
+    test_splits=("val",),
     problem="mtlrepro.problems.dense:build_nyuv2_problem", shape="mtlrepro.problems.dense:nyuv2_shape",
     split_sizes={"train": 795, "val": 654},
     expected_layout=(

@@ -52,6 +52,9 @@ for _name, _target in {
     "nash_mtl": f"{_A}.nash_mtl:NashMTL",
     "pareto_mtl": f"{_A}.pareto_mtl:ParetoMTL",
     "imtl": f"{_A}.imtl:IMTL",
+    "rotograd": "mtlrepro.methods.rotograd:RotoGrad",  # Javaloy & Valera 2022; needs sharing rotograd
+    "conal_search": "mtlrepro.search.conal:CoNALSearch",  # CoNAL's bilevel search; needs sharing conal_supernet
+    "ltb_search": "mtlrepro.search.ltb:LTBSearch",  # LTB's joint Gumbel-softmax search; needs sharing ltb_supernet
 }.items():
     WEIGHTINGS.register(_name, _target)
 

@@ -112,6 +112,16 @@ class Weighting(nn.Module):
         others, e.g. GradNorm's task weights, are stepped by the method itself)."""
         return []
 
+    def before_step(self, model: nn.Module) -> None:
+        """Called by the ``joint`` step before the batch's forward pass (CoNAL's architecture step
+        on a validation batch). No-op by default."""
+
+    def model_parameters_it_steps(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters of ``model`` that the method steps with its own optimizer (RotoGrad's
+        rotations); the trainer leaves them out of the model's optimizer. Called once, after the
+        model is built and before that optimizer exists. Default: none."""
+        return []
+
     def bind_training(self, task_loss, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Called by the trainer once the model's optimizer exists: the problem's per-task loss
         ``task_loss(t, output, target)`` and that optimizer, for methods that take virtual steps

@@ -103,7 +103,9 @@ def _require_supported(update: str, weighting) -> None:
 
 
 @STEPS.register("joint")
-def joint_step(model, weighting, optimizer, problem, x, targets, logs: EpochLogs | None = None) -> torch.Tensor:
+def joint_step(model, weighting, optimizer, problem, x, targets, logs: EpochLogs | None = None,
+               grad_clip: float | None = None) -> torch.Tensor:
+    weighting.before_step(model)
     optimizer.zero_grad(set_to_none=True)
     z = None
     if weighting.needs_representation:
@@ -113,6 +115,8 @@ def joint_step(model, weighting, optimizer, problem, x, targets, logs: EpochLogs
         outs = model(x)
     losses = torch.stack([problem.task_loss(t, o, y) for t, (o, y) in enumerate(zip(outs, targets))])
     step_logs = weighting.backward(losses, model, z)
+    if grad_clip is not None:  # total-norm clipping of everything the optimizer steps (CoNAL's search: 5)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     optimizer.step()
     if logs is not None:
         logs.add(step_logs)

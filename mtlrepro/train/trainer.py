@@ -13,6 +13,8 @@ with the reason; the record says so and the sweep goes on.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -30,6 +32,7 @@ from ..recipe import Recipe
 from ..store import EpochRecord, RunRecord, checkpoint_path, device_kind, environment, save_run
 from ..methods.logs import EpochLogs
 from .steps import STEPS, check_update_weighting, evaluate
+from .selection import check_selection_rule, select_final
 
 
 class RunFailed(RuntimeError):
@@ -79,33 +82,6 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def select_final(epochs: list[EpochRecord], rule: str) -> dict:
-    """The reported metrics under the recipe's epoch-selection rule."""
-    if rule == "last":
-        e = epochs[-1]
-    elif rule.startswith("best:"):
-        metric = rule.split(":", 1)[1]
-        lower = metric.startswith("-")
-        metric = metric.lstrip("-")
-        missing = [r.epoch for r in epochs if metric not in r.metrics]
-        if missing:
-            known = sorted(epochs[missing[0] - epochs[0].epoch].metrics) if epochs else []
-            raise ValueError(f"selection {rule!r}: metric {metric!r} is not measured (epochs {missing}); "
-                             f"measured: {', '.join(known)}")
-        e = (min if lower else max)(epochs, key=lambda r: r.metrics[metric])
-    elif rule.startswith("mean_last:"):
-        k = int(rule.split(":", 1)[1])
-        if k < 1:
-            raise ValueError(f"selection {rule!r}: k must be >= 1")
-        tail = epochs[-k:]
-        keys = tail[-1].metrics.keys()
-        return {"metrics": {m: sum(r.metrics[m] for r in tail) / len(tail) for m in keys},
-                "epoch": [r.epoch for r in tail], "selection": rule}
-    else:
-        raise ValueError(f"unknown selection rule {rule!r} (last, best:<metric>, mean_last:<k>)")
-    return {"metrics": dict(e.metrics), "epoch": e.epoch, "selection": rule}
 
 
 def precision_policy(recipe: Recipe, dev: torch.device) -> dict:
@@ -182,6 +158,13 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     check_update_weighting(recipe.update, recipe.weighting)   # before any data or model is built
     if problem is None:
         problem = build_problem(recipe, profile, data_root, dev)
+    search_val = None
+    if recipe.search_val_fraction:   # a search: weights on one part of the training split, architecture on the rest
+        from ..search.split import search_split
+        problem, search_val, split_info = search_split(problem, recipe.search_val_fraction, recipe.search_split_seed)
+        problem = dataclasses.replace(problem, data_info=dict(problem.data_info, **split_info))
+    if recipe.grad_clip is not None and recipe.update != "joint":
+        raise ValueError(f"{recipe.id}: grad_clip is implemented for update joint only (got {recipe.update!r})")
     precision = precision_policy(recipe, dev)
     torch.manual_seed(seed)
     model = build_model(recipe.backbone, recipe.sharing, problem.out_dims, **recipe.model_kwargs()).to(dev)
@@ -194,14 +177,23 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     if recipe.update != "joint" and not model.task_conditional:
         raise ValueError(f"{recipe.id}: update {recipe.update!r} runs one task per forward; sharing "
                          f"{recipe.sharing!r} computes every task in one forward (use update joint)")
-    optimizer = build_optimizer(recipe, [*model.parameters(), *weighting.parameters_for_model_optimizer()])
+    stepped_by_method = {id(p) for p in weighting.model_parameters_it_steps(model)}
+    optimizer = build_optimizer(recipe, [*(p for p in model.parameters() if id(p) not in stepped_by_method),
+                                         *weighting.parameters_for_model_optimizer()])
     schedule = build_lr_schedule(recipe, optimizer)
     weighting.bind_training(problem.task_loss, optimizer)
-    meta_batches = _MetaBatches(problem, recipe.batch_size, seed) if weighting.needs_validation_batches else None
-    if meta_batches is not None:
+    steps_per_epoch = problem.steps_per_epoch(recipe.batch_size, recipe.max_steps_per_epoch)
+    meta_batches = None
+    if weighting.needs_validation_batches:
+        if search_val is not None:
+            from ..search.split import SearchValBatches
+            meta_batches = SearchValBatches(problem, search_val, recipe.batch_size)
+        else:
+            meta_batches = _MetaBatches(problem, recipe.batch_size, seed)
         weighting.bind_validation(meta_batches.next)
     step_fn = STEPS.get(recipe.update)
-    steps_per_epoch = problem.steps_per_epoch(recipe.batch_size, recipe.max_steps_per_epoch)
+    if recipe.grad_clip is not None:
+        step_fn = functools.partial(step_fn, grad_clip=float(recipe.grad_clip))
 
     env = dict(environment(dev), precision=precision)
     record = RunRecord(recipe_id=recipe.id, fingerprint=recipe.fingerprint, seed=seed, profile=profile,
@@ -238,7 +230,7 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         loss_sum = torch.zeros((), device=dev)
         logs = EpochLogs()
         if meta_batches is not None:
-            meta_batches.set_epoch(epoch)
+            meta_batches.set_epoch(epoch, epoch * steps_per_epoch)
         weighting.on_epoch_start(epoch)
         bar = _bar(progress, steps_per_epoch, f"{recipe.id} s{seed} e{epoch + 1}/{recipe.epochs}")
         for step, (x, targets) in enumerate(problem.train_batches(recipe.batch_size, epoch, seed,
@@ -284,6 +276,8 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs and epoch + 1 < recipe.epochs:
             return None
     record.final = select_final(record.epochs, recipe.selection)
+    if hasattr(model, "export_architecture"):   # a search: its output is the architecture (mtlrepro.pipeline)
+        record.artifacts = {"architecture": model.export_architecture()}
     record.status = "finished"
     record.seconds = elapsed()
     save_run(record, results_root)
@@ -305,7 +299,7 @@ class _MetaBatches:
         self._it = None
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, step: int = 0) -> None:
         def stream():
             while True:
                 yield from self.problem.train_batches(self.batch_size, epoch, self.seed + self.META_SEED_OFFSET)
@@ -313,15 +307,6 @@ class _MetaBatches:
 
     def next(self):
         return next(self._it)
-
-
-def check_selection_rule(rule: str) -> None:
-    """Reject a malformed epoch-selection rule before any training (the metric is checked after epoch 1)."""
-    if rule == "last" or (rule.startswith("best:") and rule.split(":", 1)[1].lstrip("-")):
-        return
-    if rule.startswith("mean_last:") and rule.split(":", 1)[1].isdigit() and int(rule.split(":", 1)[1]) >= 1:
-        return
-    raise ValueError(f"unknown selection rule {rule!r} (last, best:<metric>, best:-<metric>, mean_last:<k>)")
 
 
 def _bar(progress: bool, total: int, desc: str):

@@ -74,11 +74,15 @@ def test_vgg16_width_and_batch_norm():
 
 
 # single_task and cross_stitch hold one network per task, so their units() list T networks' convs.
-PER_TASK_NETWORKS = {"single_task", "cross_stitch", "nddr_cnn"}
+PER_TASK_NETWORKS = {"single_task", "cross_stitch", "nddr_cnn", "afa"}
 
 
 @pytest.mark.parametrize("scheme", SHARING.names())
 def test_every_scheme_runs_on_vgg16(scheme):
+    if getattr(SHARING.get(scheme), "needs_branch_modules", False):   # branched / search spaces: ResNets only
+        with pytest.raises(ValueError, match="branch modules"):
+            model("vgg16", scheme)
+        return
     m = model("vgg16", scheme)
     with torch.no_grad():
         outs = m.forward_all(torch.randn(2, 3, 32, 32))

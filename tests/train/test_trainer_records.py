@@ -6,7 +6,8 @@ import torch
 
 from mtlrepro.recipe import apply_profile, get_recipe
 from mtlrepro.store import EpochRecord
-from mtlrepro.train.trainer import load_checkpoint, restore_rng, select_final, train_run
+from mtlrepro.train.selection import select_final
+from mtlrepro.train.trainer import load_checkpoint, restore_rng, train_run
 
 from ..harness_utils import tiny_env  # noqa: F401 (fixture)
 

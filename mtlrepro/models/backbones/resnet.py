@@ -72,6 +72,46 @@ class ResNetStages(StagedBackbone):
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.stem(x)))
 
+    # --- branch modules: where branched architectures (CoNAL, LTB, ...) may split ---------------
+    #: module k of a branched architecture: 0 = the stem (conv -> BN -> ReLU -> max pool), 1..4 =
+    #: layer1..layer4 (CoNAL's five modules, its released ``layer_list``)
+    branch_module_names = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+    @property
+    def n_branch_modules(self) -> int:
+        return len(self.branch_module_names)
+
+    def branch_module(self, k: int) -> nn.Module:
+        return getattr(self, self.branch_module_names[k])
+
+    def forward_branch_module(self, k: int, h: Tensor) -> Tensor:
+        return self.forward_stem(h) if k == 0 else self.stages[k - 1](h)
+
+    def keep_branch_modules(self, keep) -> None:
+        """Drop every branch module not in ``keep`` (its parameters leave the model); calling a
+        dropped one raises."""
+        keep = set(keep)
+        for k, name in enumerate(self.branch_module_names):
+            if k not in keep:
+                setattr(self, name, DroppedModule(name))
+        if hasattr(self, "_units"):  # the conv units of the dropped modules leave units() too
+            alive = {id(m) for m in self.modules()}
+            self._units = [u for u in self._units if id(u) in alive]
+
+
+class DroppedModule(nn.Module):
+    """Stands in for a branch module a branched architecture does not use (no parameters)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.dropped = name
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"branch module {self.dropped!r} was dropped from this network")
+
+    def extra_repr(self) -> str:
+        return f"dropped={self.dropped!r}"
+
 
 class ResNet18Encoder(ResNetStages):
     """ResNet18 up to global average pooling; ``forward`` returns ``(B, 512 * width_mult)``."""

@@ -5,8 +5,13 @@ Unit-wise (every conv of the backbone becomes the scheme's conv unit): ``hard_sh
 Stage-wise (read the backbone's stages, :class:`~mtlrepro.models.backbones.StagedBackbone`):
 ``mtan``, ``cross_stitch``. Independent networks: ``single_task``.
 """
-from . import (attentive, conv_alternatives, cross_stitch, etr, etr_nlp, hard_sharing, max_roaming,  # noqa: F401
+from . import (afa, attentive, conv_alternatives, cross_stitch, etr, etr_nlp, hard_sharing, max_roaming,  # noqa: F401
                mtan, nddr_cnn, single_task, task_routing)  # (each module registers its scheme)
+from . import rotograd  # noqa: F401,E402  (RotoGrad's per-task rotations: "rotograd")
+from . import branched, conal_supernet  # noqa: F401,E402  (searched trees "branched", CoNAL's search space)
+from . import ltb_supernet  # noqa: F401,E402  (LTB's search space "ltb_supernet")
+from . import tsn  # noqa: F401,E402  (Task Switching Networks: "tsn")
+from .afa import AFA
 from .attentive import Attentive
 from .conv_alternatives import ConvAlternatives
 from .cross_stitch import CrossStitch
@@ -19,4 +24,4 @@ from .single_task import SingleTask
 from .task_routing import TaskRouting
 
 __all__ = ["HardSharing", "Attentive", "TaskRouting", "MaxRoaming", "ETR", "ETRNLP", "NLPNet",
-           "ConvAlternatives", "MTAN", "CrossStitch", "SingleTask"]
+           "ConvAlternatives", "MTAN", "CrossStitch", "SingleTask", "AFA"]

@@ -1,0 +1,16 @@
+"""Architecture search: the searched architectures, the search split and the search methods.
+
+* ``architecture.py`` -- :class:`BranchedArchitecture`, the tree a search outputs and ``branched``
+  retrains (CoNAL's branch points are one form of it);
+* ``split.py`` -- the search-train / search-validation split of the training set;
+* ``conal.py`` -- CoNAL's bilevel search with conflict noticing (method ``conal_search`` on the
+  ``conal_supernet`` model);
+* ``ltb.py`` -- LTB's joint Gumbel-softmax branching search (method ``ltb_search`` on the
+  ``ltb_supernet`` model);
+
+The dependency of a retraining recipe on a search (``architecture_from``) is resolved by
+:mod:`mtlrepro.pipeline`.
+"""
+from .architecture import BranchedArchitecture
+
+__all__ = ["BranchedArchitecture"]
