@@ -21,6 +21,7 @@ convention the audit found for that table, and judged like any other cell.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -217,11 +218,39 @@ def _recompute_delta(table: Table, col: Column, row: Row, measured: dict, refuse
         if not measured[row.key].get(k):
             return {}, "missing", f"Δ not computed: no measured `{k}`"
     b = {k: statistics.fmean(measured[base_key][k].values()) for k in inputs}
+    zero = [k for k in inputs if b[k] == 0]
+    if zero:
+        return {}, "missing", (f"Δ not computed: baseline `{base_key}` measured {', '.join(f'`{k}`' for k in zero)} = 0 "
+                               "(a relative gain over 0 is undefined)")
     seeds = sorted(set.intersection(*(set(measured[row.key][k]) for k in inputs)))
     cols = {k: table.column(k) for k in inputs}
     return {s: delta([MetricValue(cols[k].task or k, measured[row.key][k][s], b[k],
                                   bool(cols[k].higher_is_better)) for k in inputs], convention)
             for s in seeds}, "", ""
+
+
+class _ReferenceDelta:
+    """Δ of a row whose table prints no per-task metrics (CoNAL Tables 4 and 7 print only Δ_I): the
+    row's runs are read under the reference table's metric columns and compared with its measured
+    baseline row (recipe file ``delta_reference: {table, row}``), with that table's convention."""
+
+    def __init__(self, reference: dict, column: str, profile: str, seeds, results_root):
+        from .tables import get_table
+        self.table = get_table(reference["table"])
+        self.base = next(r for r in self.table.rows if r.key == reference["row"])
+        self.col = self.table.column(column)
+        self.convention = _audit_convention(self.table.id, column)
+        base_runs = collect_runs(self.table, profile, seeds, results_root)[self.base.key]
+        self.base_measured, self.base_refused = _measured(self.table, self.base, base_runs)
+
+    def delta(self, row: Row, rr: RowRuns) -> tuple[dict[int, float], str, str]:
+        vals, refused = _measured(self.table, self.base, rr)
+        probe = dataclasses.replace(self.base, key=row.key, baseline=self.base.key)
+        where = f"{self.table.id} row `{self.base.key}`"
+        out, verdict, why = _recompute_delta(self.table, self.col, probe,
+                                             {row.key: vals, self.base.key: self.base_measured},
+                                             {row.key: refused, self.base.key: self.base_refused}, self.convention)
+        return out, verdict, why.replace(f"baseline `{self.base.key}`", f"baseline {where}")
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float | None]:
@@ -238,25 +267,40 @@ def compare_table(table: Table, profile: str, seeds: list[int] | None = None, re
         measured[r.key], refused[r.key] = _measured(table, r, rows_runs[r.key])
     conventions: dict[str, str] = {}
     unavailable: dict[str, dict[str, str]] = {r.key: {} for r in table.rows}   # why a Δ is missing
+    reference = rs.delta_reference if rs is not None else None
     for col in table.columns:
         if col.kind == "derived" and col.derived is not None and col.derived.formula.startswith("delta"):
             conventions[col.key] = conv = _audit_convention(table.id, col.key)
+            if not col.derived.inputs and reference:   # Δ of rows whose metrics the table does not print
+                ref_delta = _ReferenceDelta(reference, col.key, profile, seeds, results_root)
+                conventions[col.key] = conv = ref_delta.convention
             for row in table.rows:
                 if rows_runs[row.key].recipe is None or row.cells.get(col.key) is None:
                     continue
-                vals, verdict, why = _recompute_delta(table, col, row, measured, refused, conv)
+                if not col.derived.inputs and reference:
+                    vals, verdict, why = ref_delta.delta(row, rows_runs[row.key])
+                else:
+                    vals, verdict, why = _recompute_delta(table, col, row, measured, refused, conv)
                 if vals:
                     measured[row.key][col.key] = vals
                 elif verdict == "incomparable":
                     refused[row.key][col.key] = why
                 else:
                     unavailable[row.key][col.key] = why
+    from .timing import SPEEDUP_COLUMNS, speedups
+    timed = [c for c in table.columns if c.kind == "info" and c.key in SPEEDUP_COLUMNS]
+    for col in timed:   # measured from the records' training times, on one device kind
+        vals, why = speedups(col.key, rows_runs, profile, results_root)
+        for key, xs in vals.items():
+            measured[key][col.key] = xs
+        for key, reason in why.items():
+            refused[key][col.key] = reason
     out: list[CellDiff] = []
     for row in table.rows:
         rr = rows_runs[row.key]
         for col in table.columns:
             cell = row.cells.get(col.key)
-            if cell is None or cell.value is None or col.kind == "info":
+            if cell is None or cell.value is None or (col.kind == "info" and col not in timed):
                 continue
             if col.kind == "complexity" and col.unit != "params":
                 continue  # FLOPs and times: the report's complexity section, from the run records

@@ -66,11 +66,14 @@ __all__ = ["STAGE_NAMES", "SharedModule", "shared_modules", "training_batches", 
 #: backbone name -> the names of its encoder's stages, in forward order (the module mapping as data)
 STAGE_NAMES: dict[str, tuple[str, ...]] = {
     "resnet18": ("layer1", "layer2", "layer3", "layer4"),
+    "resnet50_dilated": ("layer1", "layer2", "layer3", "layer4"),
     "segnet": ("enc1", "enc2", "enc3", "enc4", "enc5", "dec1", "dec2", "dec3", "dec4", "dec5"),
     "vgg16": ("conv1", "conv2", "conv3", "conv4", "conv5"),
 }
 #: row labels as CoNAL prints them
-ARCHITECTURE_LABELS = {"hard_sharing": "HPS"}
+ARCHITECTURE_LABELS = {"hard_sharing": "HPS", "ltb_supernet": "LTB", "conal_supernet": "CoNAL"}
+#: a search method is the architecture's own learning rule, not a weighting on top of it
+SEARCH_METHODS = {"ltb_search", "conal_search"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,13 @@ def shared_modules(model: nn.Module) -> list[SharedModule]:
     ``ValueError`` for schemes without one shared encoder (cross-stitch, single-task)."""
     from .models.backbones import StagedBackbone
 
+    if hasattr(model, "conflict_modules"):   # trees (branched, LTB's supernet): their shared copies per module
+        modules = [SharedModule(name, tuple(p for p in params if p.requires_grad))
+                   for name, params in model.conflict_modules()]
+        modules = [m for m in modules if m.params]
+        if not modules:
+            raise ValueError(f"{type(model).__name__}: no module is shared by two tasks")
+        return modules
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, StagedBackbone):
         raise ValueError(f"{type(model).__name__} has no shared staged encoder (model.encoder); "
@@ -275,7 +285,7 @@ def measure_conflicts(model: nn.Module, problem, batch_size: int, modules=None, 
 def paper_label(sharing: str, weighting: str = "equal") -> str:
     """The row label CoNAL would print ("HPS"), with the weighting when it is not the plain sum."""
     label = ARCHITECTURE_LABELS.get(sharing, sharing)
-    return label if weighting in ("equal", "hard_sharing") else f"{label} ({weighting})"
+    return label if weighting in ("equal", "hard_sharing", *SEARCH_METHODS) else f"{label} ({weighting})"
 
 
 def conflict_table(rows: Sequence[tuple[str, dict]], fmt: str = "github") -> str:

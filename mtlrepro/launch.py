@@ -46,6 +46,9 @@ def resolve_recipes(target: str) -> list[Recipe]:
             if not recipes:
                 raise UnknownKeyError(f"recipe set (table {table.id} has no recipes yet)", table.id,
                                       [r for r in _tables_with_recipes()])
+            ref = getattr(recipe_sets().get(table.id), "delta_reference", None)
+            if ref:   # the row another table's Δ is measured against runs with it (CoNAL Tables 4, 7)
+                recipes = recipes + [get_recipe(f"{ref['table']}/{ref['row']}")]
             return recipes
     return [get_recipe(target)]
 

@@ -74,7 +74,7 @@ class Recipe:
     architecture_seed: int = 0         # which seed's search the architecture comes from
     upstream: dict[str, Any] = field(default_factory=dict)   # set when resolved: the run it came from
     extra: bool = False                # run with its table but not one of its printed rows (a documented variant)
-    measure_conflicts: int = 0         # every k epochs, CoNAL Table 1's gradient-conflict ratios (0: off)
+    measure_conflicts: int = 0         # every k epochs and at the last, CoNAL Table 1's conflict ratios (0: off)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     status: str = "ready"              # ready | not_implemented
     notes: str = ""
@@ -199,18 +199,62 @@ class RecipeSet:
     figure: dict | None = None        # set for figure sweeps (no printed numbers to diff against)
     suite: dict | None = None         # set for method suites (no published table: run, not diffed)
     tolerances: dict[str, float | str] = field(default_factory=dict)   # column -> abs or "N%"
+    #: where a Δ column finds its baseline when the table prints no per-task metrics (CoNAL Tables 4
+    #: and 7: Δ_I against Table 3's STL row): ``{"table": id, "row": key}``
+    delta_reference: dict | None = None
+
+
+def _recipe_file_data(table_id: str, seen: tuple[str, ...] = ()) -> dict:
+    """A recipe file's YAML with ``extends:`` applied (defaults, choices and tolerances of the file
+    it extends come first; its own override them)."""
+    path = RECIPES_DIR / f"{table_id}.yaml"
+    if not path.exists():
+        raise TableFormatError(f"recipe file for {table_id!r} not found ({path})")
+    return _with_extends(yaml.safe_load(path.read_text()), path, seen + (table_id,))
+
+
+def _with_extends(data: dict, path: Path, seen: tuple[str, ...]) -> dict:
+    base_id = data.get("extends")
+    if not base_id:
+        return data
+    if base_id in seen:
+        raise TableFormatError(f"{path}: extends {base_id!r} again ({' -> '.join(seen)})")
+    base = _recipe_file_data(base_id, seen)
+    return dict(data, defaults={**(base.get("defaults") or {}), **(data.get("defaults") or {})},
+                choices=[*(base.get("choices") or ()), *(data.get("choices") or ())],
+                tolerances={**(base.get("tolerances") or {}), **(data.get("tolerances") or {})},
+                _base=base)
+
+
+def _entry(e: dict, data: dict, where: str) -> dict:
+    """A recipe entry with ``from: <row of the extended file>`` expanded: that row's entry, then
+    this one's fields over it (e.g. the same model with ``measure_conflicts`` on)."""
+    src = e.get("from")
+    if not src:
+        return e
+    base = data.get("_base")
+    rows = {b["row"]: b for b in (base or {}).get("recipes", ())}
+    if src not in rows:
+        raise TableFormatError(f"{where}: from {src!r} names no row of {data.get('extends') or 'an extended file'} "
+                               f"(rows: {', '.join(sorted(rows))})")
+    inherited = dict(_entry(rows[src], base, where))
+    up = inherited.get("architecture_from")
+    if up and "/" not in up:            # a bare row names a recipe of the file it was written in
+        inherited["architecture_from"] = f"{base['table']}/{up}"
+    return {**inherited, **{k: v for k, v in e.items() if k != "from"}}
 
 
 def load_recipe_file(path: Path) -> RecipeSet:
-    data = yaml.safe_load(path.read_text())
+    data = _with_extends(yaml.safe_load(path.read_text()), path, ())
     table = data["table"]
     defaults = data.get("defaults") or {}
-    recipes = tuple(_make(e, defaults, table, f"{path} recipe {e.get('row')}") for e in data["recipes"])
+    recipes = tuple(_make(_entry(e, data, f"{path} recipe {e.get('row')}"), defaults, table,
+                          f"{path} recipe {e.get('row')}") for e in data["recipes"])
     tolerances = dict(data.get("tolerances") or {})
     for key, tol in tolerances.items():
         parse_tolerance(tol, 1.0, where=f"{path} tolerances.{key}")
     return RecipeSet(table, recipes, tuple(data.get("choices") or ()), path, figure=data.get("figure"),
-                     tolerances=tolerances, suite=data.get("suite"))
+                     tolerances=tolerances, suite=data.get("suite"), delta_reference=data.get("delta_reference"))
 
 
 def parse_tolerance(tol: float | str, published: float, where: str = "tolerance") -> float:

@@ -229,6 +229,36 @@ def _data_checksums(records) -> str:
             " (rows at different input sizes, or data that changed between runs)")
 
 
+def _architectures_section(td: TableDiff) -> list[str]:
+    """Rows that retrain a searched architecture: which search run it came from, the tree, and the
+    search's own time (``record.seconds``) and device; rows whose search is not stored say so."""
+    from .pipeline import upstream_recipe
+    from .search.architecture import BranchedArchitecture
+    lines = []
+    for key, rr in td.runs.items():
+        r = rr.recipe
+        if r is None or not r.architecture_from:
+            continue
+        if not r.upstream:
+            up = upstream_recipe(r)
+            lines.append(f"- `{key}`: waiting for `{up.id if up else r.architecture_from}` seed "
+                         f"{r.architecture_seed} (not stored): no architecture to retrain yet")
+            continue
+        arch = r.sharing_kwargs.get("architecture") or {}
+        try:
+            tree = BranchedArchitecture.from_dict(arch).describe()
+        except (KeyError, ValueError, TypeError):
+            tree = f"`{arch}`"
+        lines.append(f"- `{key}`: from `{r.upstream['recipe']}` seed {r.upstream['seed']} "
+                     f"(run `{r.upstream['fingerprint'][:12]}`): {tree}")
+    if not lines:
+        return []
+    return ["## Searched architectures", "",
+            "Each retraining row runs the architecture its search run exported (modules: stem, layer1..layer4; "
+            "`{a,b}`: tasks sharing that module's copy). The search time is in the search's run record.", "",
+            *lines, ""]
+
+
 def _conflicts_section(td: TableDiff) -> list[str]:
     """CoNAL Table 1's shape for every run that measured gradient conflicts (recipe field
     ``measure_conflicts``): the last measurement of each run, one row per run."""
@@ -253,8 +283,9 @@ def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: 
     table = td.table
     lines = _header(td) + _legend(td)
     by_cell = {(d.row, d.column): d for d in td.cells}
+    from .timing import SPEEDUP_COLUMNS
     cols = [c for c in table.columns if c.kind in ("metric", "derived") or
-            (c.kind == "complexity" and c.unit == "params")]
+            (c.kind == "complexity" and c.unit == "params") or (c.kind == "info" and c.key in SPEEDUP_COLUMNS)]
     body = []
     for row in table.rows:
         line = [row.label, row.group or ""]
@@ -268,7 +299,10 @@ def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: 
     lines += ["**Verdicts:** " + ", ".join(f"{k} {counts[k]}" for k in ORDER if counts[k]), ""]
     for c in table.columns:
         if c.key in td.conventions:
-            base = (f"the measured row `{c.derived.baseline}`" if c.derived.baseline
+            ref = getattr(recipe_sets().get(table.id), "delta_reference", None) or {}
+            base = (f"the measured row `{ref['row']}` of `{ref['table']}`, read under that table's metric columns "
+                    f"(this table prints no per-task metrics)" if ref and not c.derived.inputs
+                    else f"the measured row `{c.derived.baseline}`" if c.derived.baseline
                     else "each row's measured baseline row (`baseline` in the registry)")
             lines += [f"Measured {c.label} is recomputed per seed from the measured cells against the mean "
                       f"of {base}, with the `{td.conventions[c.key]}` convention (the one "
@@ -285,6 +319,7 @@ def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: 
     if with_complexity:
         lines += _complexity_section(td)
     lines += _conflicts_section(td)
+    lines += _architectures_section(td)
     failed = [(rr.recipe.id if rr.recipe else k, r) for k, rr in td.runs.items() for r in rr.failed]
     if failed:
         lines += ["## Failed runs", ""]

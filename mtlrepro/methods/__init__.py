@@ -54,7 +54,10 @@ for _name, _target in {
     "imtl": f"{_A}.imtl:IMTL",
     "rotograd": "mtlrepro.methods.rotograd:RotoGrad",  # Javaloy & Valera 2022; needs sharing rotograd
     "conal_search": "mtlrepro.search.conal:CoNALSearch",  # CoNAL's bilevel search; needs sharing conal_supernet
+    "conal_pro_search": "mtlrepro.search.conal_pro:CoNALProSearch",  # CoNAL-Pro's progressive stages; needs sharing conal_pro_supernet
+    "bmtas_search": "mtlrepro.search.bmtas:BMTASSearch",  # BMTAS (Bruggemann et al. 2020); needs sharing bmtas_supernet
     "ltb_search": "mtlrepro.search.ltb:LTBSearch",  # LTB's joint Gumbel-softmax search; needs sharing ltb_supernet
+    "tag_affinity": "mtlrepro.search.tag:TAGAffinity",  # Fifty et al. 2021's look-ahead affinity; exports a G-group split
 }.items():
     WEIGHTINGS.register(_name, _target)
 

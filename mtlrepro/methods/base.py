@@ -116,6 +116,14 @@ class Weighting(nn.Module):
         """Called by the ``joint`` step before the batch's forward pass (CoNAL's architecture step
         on a validation batch). No-op by default."""
 
+    def bind_schedule(self, epochs: int, steps_per_epoch: int) -> None:
+        """Called by the trainer once with the run's length (BMTAS's warm-up and temperature
+        schedule depend on it). No-op by default."""
+
+    def bind_batch(self, x: torch.Tensor, targets: list[torch.Tensor]) -> None:
+        """Called by the ``joint`` step with the batch right before :meth:`backward` (TAG's look-ahead
+        evaluates the losses again on it). No-op by default."""
+
     def model_parameters_it_steps(self, model: nn.Module) -> list[nn.Parameter]:
         """Parameters of ``model`` that the method steps with its own optimizer (RotoGrad's
         rotations); the trainer leaves them out of the model's optimizer. Called once, after the

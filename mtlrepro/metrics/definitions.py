@@ -176,6 +176,15 @@ define("success_rate", "RL success rate",
        "mean over the MT10 tasks of the fraction of successful evaluation episodes (CoNAL Table 5; "
        "out of scope: not a vision problem)", True)
 
+# --------------------------------------------------------------------------- gradient conflict
+
+for _m, _what in (("stem", "the stem (conv1 + bn1 + ReLU + max pool; CoNAL's f_S^(1))"),
+                  ("layer1", "layer1 (f_S^(2))"), ("layer2", "layer2 (f_S^(3))"),
+                  ("layer3", "layer3 (f_S^(4))"), ("layer4", "layer4 (f_S^(5))")):
+    define(f"conflict_ratio_{_m}", "gradient-conflict ratio",
+           f"percentage of (training batch, task pair) whose task gradients w.r.t. the shared parameters "
+           f"of {_what} have a negative cosine, over the whole training split at the measured epoch "
+           f"(CoNAL Table 1; mtlrepro.conflicts, recipe field measure_conflicts)", False, "%")
 
 # --------------------------------------------------------------------------- complexity units
 

@@ -11,21 +11,29 @@ from __future__ import annotations
 import torch
 
 from ..data.celeba import celeba_tasks, load_celeba
-from ..metrics.classification import MultiLabelPRF
+from ..metrics.classification import MultiLabelPRF, TotalError
 from ..tasks.attributes import attributes_loss
 from .base import Problem, Split
 from .paths import cache_dir_override, data_root_or_explain, ensure_tiny_dataset
 
 
 class CelebAEvaluator:
-    def __init__(self, n_labels: int, device: torch.device):
+    """Macro precision / recall / F over the attributes; when every task is ONE attribute (CoNAL's
+    CelebA-9, GatedMTL's 3 tasks) also CoNAL's ``total_error`` (the sum over tasks of the error %),
+    which is a per-task quantity and undefined for groups of attributes."""
+
+    def __init__(self, n_labels: int, device: torch.device, single_attribute_tasks: bool = False):
         self.prf = MultiLabelPRF(n_labels, threshold=0.5, from_logits=True)
+        self.total = TotalError(n_labels, threshold=0.5, from_logits=True) if single_attribute_tasks else None
 
     def update(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
-        self.prf.update(torch.cat(outputs, dim=1), torch.cat(targets, dim=1))
+        out, tgt = torch.cat(outputs, dim=1), torch.cat(targets, dim=1)
+        self.prf.update(out, tgt)
+        if self.total is not None:
+            self.total.update(out, tgt)
 
     def compute(self) -> dict[str, float]:
-        return self.prf.compute()
+        return {**self.prf.compute(), **(self.total.compute() if self.total is not None else {})}
 
 
 def build_celeba_problem(recipe, profile: str, data_root: str | None, device: torch.device) -> Problem:
@@ -56,6 +64,7 @@ def build_celeba_problem(recipe, profile: str, data_root: str | None, device: to
         return attributes_loss(out, target)
 
     n_labels = sum(len(t.attr_indices) for t in tasks)
+    single = all(len(t.attr_indices) == 1 for t in tasks)
     return Problem(
         name=f"celeba/{recipe.task_set}", task_names=[t.name for t in tasks],
         out_dims=[len(t.attr_indices) for t in tasks], input_shape=tuple(train.images.shape[1:]),
@@ -64,7 +73,7 @@ def build_celeba_problem(recipe, profile: str, data_root: str | None, device: to
                    "eval_split": recipe.eval_split, "synthetic": synthetic,
                    "image_size": recipe.image_size, "resize_mode": recipe.resize_mode},
         prepare=prepare, task_loss=task_loss,
-        new_evaluator=lambda: CelebAEvaluator(n_labels, device),
+        new_evaluator=lambda: CelebAEvaluator(n_labels, device, single_attribute_tasks=single),
         primary_metrics=["precision", "recall", "fscore"],
     )
 

@@ -5,6 +5,10 @@
 * ``split.py`` -- the search-train / search-validation split of the training set;
 * ``conal.py`` -- CoNAL's bilevel search with conflict noticing (method ``conal_search`` on the
   ``conal_supernet`` model);
+* ``tag.py`` + ``grouping.py`` -- TAG's look-ahead inter-task affinity (method ``tag_affinity`` on
+  hard sharing) and the best partition into groups, exported as a branched architecture;
+* ``bmtas.py`` + ``bmtas_resource.py`` -- BMTAS's resource-aware Gumbel branching search (method
+  ``bmtas_search`` on ``bmtas_supernet``) and its expected-FLOPs estimator;
 * ``ltb.py`` -- LTB's joint Gumbel-softmax branching search (method ``ltb_search`` on the
   ``ltb_supernet`` model);
 

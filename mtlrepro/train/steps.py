@@ -114,6 +114,7 @@ def joint_step(model, weighting, optimizer, problem, x, targets, logs: EpochLogs
     else:
         outs = model(x)
     losses = torch.stack([problem.task_loss(t, o, y) for t, (o, y) in enumerate(zip(outs, targets))])
+    weighting.bind_batch(x, targets)   # TAG's look-ahead re-evaluates the losses on this batch
     step_logs = weighting.backward(losses, model, z)
     if grad_clip is not None:  # total-norm clipping of everything the optimizer steps (CoNAL's search: 5)
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)

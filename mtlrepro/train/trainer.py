@@ -183,6 +183,7 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     schedule = build_lr_schedule(recipe, optimizer)
     weighting.bind_training(problem.task_loss, optimizer)
     steps_per_epoch = problem.steps_per_epoch(recipe.batch_size, recipe.max_steps_per_epoch)
+    weighting.bind_schedule(recipe.epochs, steps_per_epoch)
     meta_batches = None
     if weighting.needs_validation_batches:
         if search_val is not None:
@@ -254,10 +255,12 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         if schedule is not None:
             schedule.step()
         conflicts = None
-        if recipe.measure_conflicts and (epoch + 1) % recipe.measure_conflicts == 0:
+        if recipe.measure_conflicts and ((epoch + 1) % recipe.measure_conflicts == 0 or epoch + 1 == recipe.epochs):
             from ..conflicts import measure_conflicts   # leaves the model, its buffers and the RNG as they were
             conflicts = measure_conflicts(model, problem, recipe.batch_size)
         metrics = evaluate(model, problem, max(recipe.batch_size, 256))
+        if conflicts is not None:   # CoNAL Table 1's cells, comparable by key (metrics/definitions.py)
+            metrics.update({f"conflict_ratio_{m}": float(v) for m, v in conflicts.get("ratio", {}).items()})
         step_logs = logs.means()
         record.epochs.append(EpochRecord(epoch=epoch + 1, train_loss=train_loss, metrics=metrics,
                                          seconds=time.time() - t0, task_weights=step_logs.pop("task_weights", None),
@@ -276,8 +279,9 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs and epoch + 1 < recipe.epochs:
             return None
     record.final = select_final(record.epochs, recipe.selection)
-    if hasattr(model, "export_architecture"):   # a search: its output is the architecture (mtlrepro.pipeline)
-        record.artifacts = {"architecture": model.export_architecture()}
+    exporter = next((m for m in (model, weighting) if hasattr(m, "export_architecture")), None)
+    if exporter is not None:   # a search (supernet or method, e.g. TAG): its output is the architecture
+        record.artifacts = {"architecture": exporter.export_architecture()}
     record.status = "finished"
     record.seconds = elapsed()
     save_run(record, results_root)

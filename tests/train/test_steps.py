@@ -15,7 +15,8 @@ T = 3
 #: every registered method, written out (a new one must be added here with its pair decisions)
 ALL_METHODS = {"equal", "hard_sharing", "scalar", "uw", "uncertainty", "dwa", "rlw", "rdw", "gradnorm",
                "auto_lambda", "mgda_ub", "mgda", "pcgrad", "cagrad", "gradvac", "nash_mtl", "pareto_mtl", "imtl",
-               "rotograd", "conal_search", "ltb_search"}
+               "rotograd", "conal_search", "ltb_search", "tag_affinity",
+               "bmtas_search", "conal_pro_search"}
 #: the loss weightings whose objective is a fixed sum_t f_t(L_t) within a batch
 SEPARABLE = {"equal", "hard_sharing", "scalar", "uw", "uncertainty", "dwa", "rlw", "rdw"}
 REJECTED = {(u, w) for u in ("steady_state", "synchronized") for w in ALL_METHODS - SEPARABLE}

@@ -11,6 +11,8 @@ from . import rotograd  # noqa: F401,E402  (RotoGrad's per-task rotations: "roto
 from . import branched, conal_supernet  # noqa: F401,E402  (searched trees "branched", CoNAL's search space)
 from . import ltb_supernet  # noqa: F401,E402  (LTB's search space "ltb_supernet")
 from . import tsn  # noqa: F401,E402  (Task Switching Networks: "tsn")
+from . import bmtas_supernet  # noqa: F401,E402  (BMTAS's supergraph "bmtas_supernet")
+from . import conal_pro_supernet  # noqa: F401,E402  (CoNAL-Pro's progressive search space "conal_pro_supernet")
 from .afa import AFA
 from .attentive import Attentive
 from .conv_alternatives import ConvAlternatives

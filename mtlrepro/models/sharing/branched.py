@@ -100,6 +100,14 @@ class Branched(MTLModel):
         private = {id(p) for t in range(self.n_tasks) for p in self.task_parameters(t)}
         return [p for p in self.parameters() if id(p) not in private]
 
+    def conflict_modules(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """Per branch module, the parameters of its copies run by more than one task (CoNAL Table 1's
+        f_S^(k) for a tree: a pair of tasks in different copies has orthogonal gradients there)."""
+        names = self.blocks[0][0].branch_module_names
+        return [(names[k], [p for i, g in enumerate(level) if len(g) > 1
+                            for p in self.blocks[k][i].branch_module(k).parameters()])
+                for k, level in enumerate(self.architecture.groups)]
+
     def units(self) -> list[nn.Module]:
         return [u for copies in self.blocks for net in copies for u in net.units()]
 

@@ -173,6 +173,15 @@ class LTBSupernet(MTLModel):
         """Every backbone node (any of them may serve any task); not alpha, not the heads."""
         return list(self.nodes.parameters())
 
+    def conflict_modules(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """Per branch module, the nodes the current argmax tree runs for more than one task (CoNAL
+        Table 1's f_S^(k) while learning LTB's architecture)."""
+        names = self.nodes[0].branch_module_names
+        paths = self.node_paths()
+        return [(names[k], [p for n in sorted(set(row)) if row.count(n) > 1
+                            for p in self.nodes[n].branch_module(k).parameters()])
+                for k, row in enumerate(paths)]
+
     def units(self) -> list[nn.Module]:
         return [u for enc in self.nodes for u in enc.units()]
 
