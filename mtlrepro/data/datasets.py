@@ -83,7 +83,9 @@ register(DatasetSpec(
     tiny_generator="mtlrepro.data.generate:generate_celeba",
     tiny_kwargs={"n_train": 32, "n_val": 16, "n_test": 16, "layout": "torchvision"},
     task_sets=_sets(TaskSet("group8", 8, "the 40 attributes in Maximum Roaming's 8 groups", "Max Roaming, ETR-NLP"),
-                    TaskSet("attr40", 40, "one task per attribute", "Max Roaming, ETR-NLP")),
+                    TaskSet("attr40", 40, "one task per attribute", "Max Roaming, ETR-NLP"),
+                    TaskSet("conal9", 9, "TAG's 9 attributes, one task each", "CoNAL Table 6 (TAG's CelebA setting)"),
+                    TaskSet("gated3", 3, "gender, age, clothes attribute groups (a documented choice)", "GatedMTL")),
 ))
 
 register(DatasetSpec(
