@@ -26,8 +26,9 @@ from .recipe import Recipe, apply_profile, get_recipe
 
 __all__ = ["Waiting", "upstream_recipe", "resolve_upstream", "architecture_of", "run_pipeline"]
 
-#: keys of an exported architecture that define it (the rest, e.g. the search's probabilities, is provenance)
-_ARCH_KEYS = ("n_tasks", "groups")
+#: per architecture kind, the keys of an exported architecture that define it (the rest, e.g. the
+#: search's probabilities, is provenance): trees (search/architecture.py) and MTL-NAS's fusion edges
+_ARCH_KEYS = {"branched": ("n_tasks", "groups"), "mtl_nas": ("kind", "n_tasks", "n_points", "edges")}
 
 
 class Waiting(Exception):
@@ -52,7 +53,11 @@ def architecture_of(record) -> dict:
     if not arch:
         raise ValueError(f"run {record.recipe_id} seed {record.seed} exported no architecture "
                          f"(record.artifacts); is it a search recipe?")
-    return {k: arch[k] for k in _ARCH_KEYS}
+    kind = arch.get("kind", "branched")
+    if kind not in _ARCH_KEYS:
+        raise ValueError(f"run {record.recipe_id} seed {record.seed} exported an architecture of unknown kind "
+                         f"{kind!r} (known: {', '.join(sorted(_ARCH_KEYS))})")
+    return {k: arch[k] for k in _ARCH_KEYS[kind]}
 
 
 def resolve_upstream(recipe: Recipe, profile: str, results_root: Path | None = None) -> Recipe:

@@ -43,11 +43,13 @@ def _published(table: Table, row) -> dict:
     return out
 
 
-def profile_table(table: Table, results_root=None) -> list[RowProfile]:
-    """One :class:`RowProfile` per row of ``table`` (counted on the row's recipe), then one per
-    ``extra`` recipe of its recipe set (documented variants that are not printed rows). A row that
-    retrains a searched architecture is counted on the architecture its stored search exported
-    (full profile), or noted as waiting for that search."""
+def profile_table(table: Table, results_root=None, search_profile: str = "full") -> list[RowProfile]:
+    """One :class:`RowProfile` per row of ``table`` (counted on the row's recipe, at the paper's size),
+    then one per ``extra`` recipe of its recipe set (documented variants that are not printed rows).
+    A row that retrains a searched architecture is counted on the architecture its stored search of
+    ``search_profile`` exported (``"tiny"``: the tree a tiny search found, counted at full size; the
+    note says so), or noted as waiting for that search."""
+    import dataclasses
     from .pipeline import Waiting, resolve_upstream
     from .recipe import apply_profile
 
@@ -64,12 +66,16 @@ def profile_table(table: Table, results_root=None) -> list[RowProfile]:
                                   else "not implemented"))
             continue
         try:
-            concrete = resolve_upstream(apply_profile(recipe, "full"), "full", results_root)
+            found = resolve_upstream(apply_profile(recipe, search_profile), search_profile, results_root)
         except Waiting as w:
             out.append(RowProfile(key_, label, group, recipe.id, None, None, None, None, pub, {},
-                                  note=f"waiting for {w.upstream.row} (the searched architecture)"))
+                                  note=f"waiting for {w.upstream.row} ({search_profile} profile)"))
             continue
-        out.append(_count_row(table, key_, label, group, concrete, pub, cache))
+        concrete = dataclasses.replace(recipe, sharing_kwargs=found.sharing_kwargs)
+        row = _count_row(table, key_, label, group, concrete, pub, cache)
+        if recipe.architecture_from and search_profile != "full":
+            row.scope = f"{row.scope}; architecture from the {search_profile}-profile search".lstrip("; ")
+        out.append(row)
     return out
 
 

@@ -12,6 +12,8 @@ EPILOG = "examples:\n  mtlrepro profile etr_nlp/table4\n  mtlrepro profile etr_n
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", help="table id")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--search-profile", default="full", choices=["full", "tiny"],
+                   help="whose stored searches give the searched rows' architectures (counted at full size)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from ..tables import get_table
 
     table = get_table(args.id)
-    rows = profile_table(table)
+    rows = profile_table(table, search_profile=args.search_profile)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=1))
         return 0
@@ -34,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
                     ", ".join(r.unsupported_ops) or ""])
     print(tabulate(out, headers=["row", "group", "published", "params", "vs #P", "compute", "vs #F", "unit",
                                  "input", "ops fvcore skips"]))
+    searched = [r for r in rows if "search" in (r.scope or "")]
+    if searched:
+        print(f"\nrows {', '.join(r.row for r in searched)}: the architecture a {args.search_profile}-profile search "
+              "found (synthetic data: not the paper's), counted at the paper's input size.")
     from ..compare import params_key
     scope = ("every learnable parameter of the model" if params_key(table) == "params_total"
              else "learnable parameters used by one task's forward pass")

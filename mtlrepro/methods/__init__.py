@@ -54,9 +54,11 @@ for _name, _target in {
     "imtl": f"{_A}.imtl:IMTL",
     "rotograd": "mtlrepro.methods.rotograd:RotoGrad",  # Javaloy & Valera 2022; needs sharing rotograd
     "conal_search": "mtlrepro.search.conal:CoNALSearch",  # CoNAL's bilevel search; needs sharing conal_supernet
+    "conal_partial_search": "mtlrepro.search.conal_ablations:CoNALPartialSearch",  # CoNAL Table 4 ablation; sharing ltb_supernet
     "conal_pro_search": "mtlrepro.search.conal_pro:CoNALProSearch",  # CoNAL-Pro's progressive stages; needs sharing conal_pro_supernet
     "bmtas_search": "mtlrepro.search.bmtas:BMTASSearch",  # BMTAS (Bruggemann et al. 2020); needs sharing bmtas_supernet
     "ltb_search": "mtlrepro.search.ltb:LTBSearch",  # LTB's joint Gumbel-softmax search; needs sharing ltb_supernet
+    "mtl_nas_search": "mtlrepro.search.mtl_nas:MTLNASSearch",  # MTL-NAS (Gao et al. 2020) single-shot search; needs sharing mtl_nas_supernet
     "tag_affinity": "mtlrepro.search.tag:TAGAffinity",  # Fifty et al. 2021's look-ahead affinity; exports a G-group split
 }.items():
     WEIGHTINGS.register(_name, _target)

@@ -9,6 +9,8 @@
   hard sharing) and the best partition into groups, exported as a branched architecture;
 * ``bmtas.py`` + ``bmtas_resource.py`` -- BMTAS's resource-aware Gumbel branching search (method
   ``bmtas_search`` on ``bmtas_supernet``) and its expected-FLOPs estimator;
+* ``mtl_nas.py`` -- MTL-NAS's single-shot search of cross-task fusion edges (method ``mtl_nas_search``
+  on ``mtl_nas_supernet``; its output is an edge set, retrained by ``mtl_nas``);
 * ``ltb.py`` -- LTB's joint Gumbel-softmax branching search (method ``ltb_search`` on the
   ``ltb_supernet`` model);
 

@@ -42,14 +42,18 @@ OVERRIDES = {"epochs": 2, "max_steps_per_epoch": 1}
 STEADY_STATE_LR = 1e-6
 #: Largest differences measured between environments: ATEN_CPU_CAPABILITY default / avx2 / avx512,
 #: 1 and 2 threads, and a venv built from scratch (pip install -e .[dev]), run_all in each.
-MEASURED_SPREAD = {"train_loss_rel": 1.2e-5, "metrics_abs": 0.083, "task_weights_abs": 2.7e-6}
+MEASURED_SPREAD = {"train_loss_rel": 1.2e-5, "metrics_abs": 0.083, "task_weights_abs": 2.7e-6,
+                   "total_error_abs": 6.25}
 TOLERANCE = {
     "train_loss_rel": 1e-4, "task_weights_abs": 3e-5, "metrics_abs": 2.5,
     "why": "train loss and task weights: about 10x the measured spread (MEASURED_SPREAD). Metrics are "
            "macro averages over 40 attributes of thresholded predictions: one prediction flipping "
            "moves one attribute's precision, recall or F by at most 100 points, the average by at most "
            "100 / 40 = 2.5; measured: one flip (0.083 points) in 56 row-environment comparisons, so "
-           "the tolerance admits one flip",
+           "the tolerance admits one flip. total_error (attr40 rows) is a SUM of per-attribute error "
+           "percentages over the 16 test images: one flip moves it by 100 / 16 = 6.25, seen once "
+           "(ATEN_CPU_CAPABILITY=default, max_roaming_a40); the tolerance admits two flips",
+    "total_error_abs": 12.5,
 }
 
 

@@ -74,7 +74,7 @@ def test_vgg16_width_and_batch_norm():
 
 
 # single_task and cross_stitch hold one network per task, so their units() list T networks' convs.
-PER_TASK_NETWORKS = {"single_task", "cross_stitch", "nddr_cnn", "afa"}
+PER_TASK_NETWORKS = {"single_task", "cross_stitch", "nddr_cnn", "afa", "mtl_nas", "mtl_nas_supernet"}
 
 
 @pytest.mark.parametrize("scheme", SHARING.names())

@@ -47,4 +47,4 @@ def test_losses_and_targets_dispatch_on_the_kind():
 
 
 def test_celeba_task_sets_are_registered():
-    assert {"group8", "attr40"} == set(get_dataset("celeba").task_sets) and "celeba" in DATASETS
+    assert {"group8", "attr40", "conal9", "gated3"} == set(get_dataset("celeba").task_sets) and "celeba" in DATASETS

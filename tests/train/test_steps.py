@@ -16,7 +16,8 @@ T = 3
 ALL_METHODS = {"equal", "hard_sharing", "scalar", "uw", "uncertainty", "dwa", "rlw", "rdw", "gradnorm",
                "auto_lambda", "mgda_ub", "mgda", "pcgrad", "cagrad", "gradvac", "nash_mtl", "pareto_mtl", "imtl",
                "rotograd", "conal_search", "ltb_search", "tag_affinity",
-               "bmtas_search", "conal_pro_search"}
+               "bmtas_search", "conal_pro_search", "mtl_nas_search",
+               "conal_partial_search"}
 #: the loss weightings whose objective is a fixed sum_t f_t(L_t) within a batch
 SEPARABLE = {"equal", "hard_sharing", "scalar", "uw", "uncertainty", "dwa", "rlw", "rdw"}
 REJECTED = {(u, w) for u in ("steady_state", "synchronized") for w in ALL_METHODS - SEPARABLE}

@@ -112,8 +112,12 @@ def test_per_epoch_conflict_measurement_is_recorded_and_changes_no_training(tmp_
     assert measured.epochs[0].conflicts is None and plain.epochs[1].conflicts is None
     ratios = measured.epochs[1].conflicts
     assert ratios and all(0.0 <= v <= 100.0 for v in ratios["ratio"].values())
+    # the measurement adds its ratios as metric keys (CoNAL Table 1's cells) and changes nothing else
+    assert {k: v for k, v in measured.epochs[1].metrics.items() if k.startswith("conflict_ratio_")} == \
+        {f"conflict_ratio_{m}": v for m, v in ratios["ratio"].items()}
     for a, b in zip(plain.epochs, measured.epochs):
-        assert a.train_loss == b.train_loss and a.metrics == b.metrics
+        own = {k: v for k, v in b.metrics.items() if not k.startswith("conflict_ratio_")}
+        assert a.train_loss == b.train_loss and a.metrics == own
 
 
 def test_step_lr_schedule_is_applied_per_epoch_and_survives_a_resume(tmp_path, tiny_env):

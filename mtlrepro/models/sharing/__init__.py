@@ -13,6 +13,7 @@ from . import ltb_supernet  # noqa: F401,E402  (LTB's search space "ltb_supernet
 from . import tsn  # noqa: F401,E402  (Task Switching Networks: "tsn")
 from . import bmtas_supernet  # noqa: F401,E402  (BMTAS's supergraph "bmtas_supernet")
 from . import conal_pro_supernet  # noqa: F401,E402  (CoNAL-Pro's progressive search space "conal_pro_supernet")
+from . import mtl_nas, mtl_nas_supernet  # noqa: F401,E402  (MTL-NAS: retrained edges "mtl_nas", its supernet "mtl_nas_supernet")
 from .afa import AFA
 from .attentive import Attentive
 from .conv_alternatives import ConvAlternatives

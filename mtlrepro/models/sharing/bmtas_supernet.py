@@ -89,12 +89,14 @@ class BMTASSupernet(MTLModel):
     """``T`` copies of every searched branch module, one soft path per task (module docstring)."""
 
     task_conditional = False
+    needs_branch_modules = True   # a backbone with ResNetStages' branch modules
     version = 1
 
     def __init__(self, backbone: str = "resnet50_dilated", out_dims: list[int] | None = None,
                  shared_stem: bool = True, final_affine: bool = True, gumbel_hard: bool = False,
-                 head: str | None = None, head_kwargs: dict | None = None, **backbone_kwargs: Any):
+                 **backbone_kwargs: Any):
         super().__init__()
+        head, head_kwargs = backbone_kwargs.pop("head", None), backbone_kwargs.pop("head_kwargs", None)
         self._set_tasks(backbone, out_dims)
         builder = BACKBONES.get(backbone)
         builds = [builder(ConvBN, **backbone_kwargs) for _ in self.out_dims]
