@@ -125,6 +125,48 @@ register(DatasetSpec(
                     TaskSet("std3", 3, "13-class segmentation + depth + normals", "MTAN, LibMTL/CoNAL")),
 ))
 
+register(DatasetSpec(
+    name="nyud_mt", title="NYUD-v2 (Vandenhende's NYUD_MT, 480x640, 40 classes)",
+    test_splits=("val",),
+    problem="mtlrepro.problems.vandenhende:build_nyud_mt_problem",
+    shape="mtlrepro.problems.vandenhende:nyud_mt_shape",
+    split_sizes={"train": 795, "val": 654},
+    expected_layout=(
+        "Vandenhende et al.'s NYUD_MT (NYUD_MT.tgz, SimonVandenhende/Multi-Task-Learning-PyTorch)\n"
+        "    DATA_ROOT/[NYUD_MT/]gt_sets/{train,val}.txt   one id per line (795 / 654)\n"
+        "    DATA_ROOT/[NYUD_MT/]images/<id>.jpg           480x640 RGB\n"
+        "    DATA_ROOT/[NYUD_MT/]segmentation/<id>.png     0 = unlabelled, 1..40 = class\n"
+        "    DATA_ROOT/[NYUD_MT/]depth/<id>.npy            480x640 float metres, 0 = invalid\n"
+        "    DATA_ROOT/[NYUD_MT/]normals/<id>.npy          480x640x3 float, all-zero = invalid\n"
+        "    DATA_ROOT/[NYUD_MT/]edge/<id>.npy             480x640 edge map 0 / 1"),
+    tiny_generator="mtlrepro.data.generate_vandenhende:generate_nyud_mt",
+    tiny_kwargs={"n_train": 8, "n_val": 4},
+    task_sets=_sets(TaskSet("gated3", 3, "40-class semseg + depth + surface normals", "GatedMTL"),
+                    TaskSet("gated3_edge", 4, "gated3 + edge detection", "Vandenhende et al.")),
+))
+
+register(DatasetSpec(
+    name="pascal_mt", title="PASCAL-Context (Vandenhende's PASCAL_MT, 512x512, 5 tasks)",
+    test_splits=("val",),
+    problem="mtlrepro.problems.vandenhende:build_pascal_mt_problem",
+    shape="mtlrepro.problems.vandenhende:pascal_mt_shape",
+    split_sizes={"train": 4_998, "val": 5_105},
+    expected_layout=(
+        "Vandenhende et al.'s PASCAL_MT (PASCAL_MT.tgz, SimonVandenhende/Multi-Task-Learning-PyTorch)\n"
+        "    DATA_ROOT/[PASCAL_MT/]ImageSets/Context/{train,val}.txt  one id per line (4998 / 5105)\n"
+        "    DATA_ROOT/[PASCAL_MT/]JPEGImages/<id>.jpg                RGB\n"
+        "    DATA_ROOT/[PASCAL_MT/]semseg/pascal-context/<id>.png     0..20, 255 = ignore\n"
+        "    DATA_ROOT/[PASCAL_MT/]human_parts/<id>.mat               PASCAL-Part 'anno' struct\n"
+        "    DATA_ROOT/[PASCAL_MT/]pascal-context/trainval/<id>.mat   'LabelMap' (edges, normals mask)\n"
+        "    DATA_ROOT/[PASCAL_MT/]normals_distill/<id>.png           RGB, normal = 2x/255 - 1\n"
+        "    DATA_ROOT/[PASCAL_MT/]sal_distill/<id>.png               grey, saliency = x/255 > 0.5\n"
+        "  (.mat files are read with scipy)"),
+    tiny_generator="mtlrepro.data.generate_vandenhende:generate_pascal_mt",
+    tiny_kwargs={"n_train": 8, "n_val": 4},
+    task_sets=_sets(TaskSet("pascal5", 5, "semseg + human parts + saliency + normals + edge",
+                            "GatedMTL, Maninis et al.")),
+))
+
 
 def get_dataset(name: str) -> DatasetSpec:
     return DATASETS.get(name)

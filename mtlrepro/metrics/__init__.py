@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "TotalError": "classification", "EmptyMetricWarning": "classification",
     "DepthErrors": "depth", "NormalAngles": "normals", "THRESHOLDS_DEG": "normals",
     "ConfusionMatrixIoU": "segmentation", "BinaryIoUPerImage": "segmentation",
+    "SaliencyMeter": "saliency", "EdgeLoss": "edge", "DepthRMSE": "depth_rmse",
 }
 _METRIC_CLASSES: dict[str, str] = {
     "multilabel_prf": "MultiLabelPRF",
@@ -47,6 +48,9 @@ _METRIC_CLASSES: dict[str, str] = {
     "binary_iou_per_image": "BinaryIoUPerImage",
     "depth_errors": "DepthErrors",
     "normal_angles": "NormalAngles",
+    "saliency": "SaliencyMeter",
+    "edge_loss": "EdgeLoss",
+    "depth_rmse": "DepthRMSE",
 }
 
 
@@ -84,4 +88,7 @@ __all__ = [
     "DepthErrors",
     "NormalAngles",
     "THRESHOLDS_DEG",
+    "SaliencyMeter",
+    "EdgeLoss",
+    "DepthRMSE",
 ]

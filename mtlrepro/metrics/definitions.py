@@ -124,6 +124,10 @@ define("miou_best_threshold", "saliency mIoU",
        "binary saliency IoU: the mean Jaccard over images at each threshold of linspace(0.2, 0.9, "
        "15) on the predicted saliency, maximised over the thresholds (Vandenhende's PASCAL "
        "evaluation, as GatedMTL reports it)", True, "%")
+define("maxf", "saliency max F-measure",
+       "F = 2 P R / (P + R) of the precision and recall averaged over the images of the split at "
+       "each threshold of linspace(0.2, 0.9, 15) on the sigmoid of the prediction, maximised over "
+       "the thresholds, x100 (Vandenhende's SaliencyMeter 'maxF'; SaliencyMeter)", True, "%")
 
 # --------------------------------------------------------------------------- depth
 
@@ -144,7 +148,11 @@ define("rel_err_pooled", "depth relative error",
        + " (DepthErrors, averaging='pooled')", False)
 define("rmse", "depth RMSE",
        "sqrt of the mean (pred - gt)^2 over the valid pixels of the whole split (Vandenhende's NYUD "
-       "depth evaluation, as GatedMTL reports it; DepthErrors' rmse)", False)
+       "depth evaluation, as GatedMTL reports it; predictions clamped to >= 1e-9 as its DepthMeter does; "
+       "DepthRMSE)", False)
+define("log_rmse", "depth log RMSE",
+       "sqrt of the mean (log gt - log pred)^2 over the valid pixels (gt != 0) of the whole split, "
+       "predictions clamped to >= 1e-9 (Vandenhende's NYUD DepthMeter 'log_rmse'; DepthRMSE)", False)
 
 # --------------------------------------------------------------------------- surface normals
 

@@ -13,20 +13,13 @@ import math
 import torch
 
 from .classification import _warn_empty
+from .maps import flatten_single_channel
 from .segmentation import _acc_float
 
 __all__ = ["DepthErrors"]
 
 
-def _flatten_depth(x: torch.Tensor, name: str) -> torch.Tensor:
-    """(B, 1, H, W) or (B, H, W) -> (B, H*W)."""
-    if x.dim() == 4:
-        if x.shape[1] != 1:
-            raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W), got {tuple(x.shape)}")
-        x = x[:, 0]
-    if x.dim() != 3:
-        raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W), got {tuple(x.shape)}")
-    return x.reshape(x.shape[0], -1)
+_flatten_depth = flatten_single_channel   # (B, 1, H, W) or (B, H, W) -> (B, H*W)
 
 
 class DepthErrors:

@@ -48,7 +48,8 @@ def stored_as_is(task: Task, stored: torch.Tensor) -> torch.Tensor:
 
 
 def _kind(task: Task) -> TaskKind:
-    from . import attributes, depth, normals, segmentation  # noqa: F401  (register the kinds)
+    # noqa below: imported to register the kinds
+    from . import attributes, depth, edge, normals, normals_l1, saliency, segmentation  # noqa: F401
     return TASK_KINDS.get(task.kind)
 
 

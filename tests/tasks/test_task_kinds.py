@@ -12,8 +12,9 @@ from mtlrepro.tasks import TASK_KINDS, Task, batch_target, task_loss
 
 
 def test_every_kind_declares_defined_metric_keys():
-    from mtlrepro.tasks import attributes, depth, normals, segmentation  # noqa: F401
-    assert set(TASK_KINDS.names()) == {"seg", "binary_seg", "depth", "normals", "attributes"}
+    from mtlrepro.tasks import attributes, depth, edge, normals, normals_l1, saliency, segmentation  # noqa: F401
+    assert set(TASK_KINDS.names()) == {"seg", "binary_seg", "depth", "normals", "attributes", "edge",
+                                       "normals_l1", "saliency"}
     for name in TASK_KINDS.names():
         kind = TASK_KINDS.get(name)
         assert kind.metric_keys, name
