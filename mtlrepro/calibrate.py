@@ -101,6 +101,8 @@ def time_step(recipe: Recipe, device: torch.device, batch: int, warmup: int = 1,
     opt = build_optimizer(recipe, [*(p for p in model.parameters() if id(p) not in stepped),
                                    *weighting.parameters_for_model_optimizer()])
     weighting.bind_training(problem.task_loss, opt)
+    from .cost import batches_per_epoch
+    weighting.bind_schedule(recipe.epochs, batches_per_epoch(recipe) or 1)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, *shape, generator=g).to(device)
     ys = random_targets(tasks, batch, tuple(shape[-2:]), device, g)
@@ -133,6 +135,8 @@ def calibrate(recipes: list[Recipe], device: torch.device, batch: int, warmup: i
             continue
         b = batch or r.batch_size
         try:
+            from .pipeline import resolve_upstream
+            r = resolve_upstream(r, "full")   # a retraining row is timed on the tree its stored search found
             times = time_step(r, device, b, warmup, repeats)
         except Exception as e:  # noqa: BLE001 - reported per recipe, the others go on
             failures[key] = f"{type(e).__name__}: {e}"[:300]

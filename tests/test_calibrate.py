@@ -40,3 +40,13 @@ def test_a_recipe_that_cannot_step_is_reported_not_estimated():
     bad = dataclasses.replace(apply_profile(get_recipe("conal/table2/hps"), "tiny"), weighting="gradnorm", update="synchronized")
     content = calibrate([bad], torch.device("cpu"), batch=2, warmup=0, repeats=1, log=lambda s: None)
     assert content["s_per_batch"] == {} and calibration_key(bad) in content["failed"]
+
+
+def test_methods_that_need_the_runs_length_and_retraining_rows_are_handled():
+    """mtl_nas_search reads its temperature schedule from the run's length (bind_schedule); a
+    retraining row is timed on its search's tree, and reported when that search is not stored."""
+    search = apply_profile(get_recipe("conal/table3/mtl_nas_search"), "tiny")
+    retrain = get_recipe("conal/table3/conal")
+    content = calibrate([search, retrain], torch.device("cpu"), batch=2, warmup=0, repeats=1, log=lambda s: None)
+    assert calibration_key(search) in content["s_per_batch"]
+    assert "waits for conal/table3/conal_search" in content["failed"][calibration_key(retrain)]

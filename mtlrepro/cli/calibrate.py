@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path} holds timings of {old.get('device')!r}; not merging {content['device']!r} into it "
                   f"(choose another --name)")
             return 2
-        content["s_per_batch"] = {**old.get("s_per_batch", {}), **content["s_per_batch"]}
+        failed = content.get("failed", {})   # a key that failed now keeps no older timing
+        content["s_per_batch"] = {**{k: v for k, v in old.get("s_per_batch", {}).items() if k not in failed},
+                                  **content["s_per_batch"]}
     write_calibration(content, path)
     print(f"wrote {path} ({len(content['s_per_batch'])} entries)")
     return 1 if content.get("failed") else 0
