@@ -38,7 +38,19 @@ from torch import nn
 
 from ..methods.base import Weighting
 
-__all__ = ["CoNALSearch", "noticed_mask"]
+__all__ = ["CoNALSearch", "noticed_mask", "take_arch_step"]
+
+
+def take_arch_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One first-order upper-level step: ``loss``'s gradient w.r.t. the optimizer's (architecture)
+    parameters only (``torch.autograd.grad``: no weight's ``.grad`` is touched), a step, grads cleared.
+    Parameters ``loss`` does not depend on get no gradient, so the optimizer leaves them as they are."""
+    arch = [p for g in optimizer.param_groups for p in g["params"]]
+    for p, g in zip(arch, torch.autograd.grad(loss, arch, allow_unused=True)):
+        p.grad = g
+    optimizer.step()
+    for p in arch:
+        p.grad = None
 
 
 def noticed_mask(negative: torch.Tensor) -> torch.Tensor:
@@ -92,15 +104,8 @@ class CoNALSearch(Weighting):
         if self._arch_opt is None or self._task_loss is None:
             raise RuntimeError("conal_search: the trainer did not bind the model and the task loss")
         x, targets = self.validation_batch()
-        arch = [p for g in self._arch_opt.param_groups for p in g["params"]]
-        outs = model(x)
-        loss = sum(self._task_loss(t, o, y) for t, (o, y) in enumerate(zip(outs, targets)))
-        grads = torch.autograd.grad(loss, arch)
-        for p, g in zip(arch, grads):
-            p.grad = g
-        self._arch_opt.step()
-        for p in arch:
-            p.grad = None
+        loss = sum(self._task_loss(t, o, y) for t, (o, y) in enumerate(zip(model(x), targets)))
+        take_arch_step(self._arch_opt, loss)
         self._val_loss = loss.detach()
 
     def backward(self, losses: torch.Tensor, model: nn.Module | None = None,

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .conal import take_arch_step
 from .ltb import LTBSearch
 
 __all__ = ["CoNALPartialSearch"]
@@ -42,13 +43,7 @@ class CoNALPartialSearch(LTBSearch):
         if self._arch_opt is None or self._task_loss is None:
             raise RuntimeError("conal_partial_search: the trainer did not bind the model and the task loss")
         x, targets = self.validation_batch()
-        arch = [p for g in self._arch_opt.param_groups for p in g["params"]]
-        loss = sum(self._task_loss(t, o, y) for t, (o, y) in enumerate(zip(model(x), targets)))
-        for p, g in zip(arch, torch.autograd.grad(loss, arch, allow_unused=True)):
-            p.grad = g
-        self._arch_opt.step()
-        for p in arch:
-            p.grad = None
+        take_arch_step(self._arch_opt, sum(self._task_loss(t, o, y) for t, (o, y) in enumerate(zip(model(x), targets))))
 
     def backward(self, losses: torch.Tensor, model: nn.Module | None = None,
                  z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
