@@ -52,7 +52,7 @@ from mtlrepro.models import build_model
 from mtlrepro.problems import build_problem
 from mtlrepro.recipe import apply_profile, recipes_for_table
 from mtlrepro.train.steps import STEPS
-from mtlrepro.train.trainer import build_optimizer
+from mtlrepro.train.optim import build_optimizer
 
 ROWS = [("etr_nlp/table4", "hard_sharing_g8"), ("etr_nlp/table4", "hard_sharing_a40"),
         ("etr_nlp/table5", "hard_sharing"), ("etr_nlp/table6", "hard_sharing")]

@@ -51,7 +51,7 @@ from mtlrepro.models import build_model
 from mtlrepro.problems import build_problem
 from mtlrepro.recipe import apply_profile, get_recipe
 from mtlrepro.train.steps import joint_step
-from mtlrepro.train.trainer import build_optimizer
+from mtlrepro.train.optim import build_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

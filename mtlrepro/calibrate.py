@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ def _tasks(recipe: Recipe):
     if recipe.dataset in ("cityscapes", "nyuv2"):
         from .problems.dense import dense_tasks
         return dense_tasks(recipe.dataset, recipe.task_set)
+    if recipe.dataset in ("nyud_mt", "pascal_mt"):
+        from .problems.vandenhende import vandenhende_tasks
+        return vandenhende_tasks(recipe.dataset, recipe.task_set)
     from .problems import problem_shape
     from .tasks.base import Task
     out_dims, _ = problem_shape(recipe)
@@ -51,11 +55,11 @@ def random_targets(tasks, batch: int, hw: tuple[int, int], device, generator: to
     for task in tasks:
         if task.kind == "seg":
             y = torch.randint(-1, task.out_dim, (batch, h, w), generator=generator)
-        elif task.kind == "binary_seg":
+        elif task.kind in ("binary_seg", "edge", "saliency"):
             y = torch.randint(0, 2, (batch, 1, h, w), generator=generator).float()
         elif task.kind == "depth":
             y = torch.rand(batch, 1, h, w, generator=generator) * (torch.rand(batch, 1, h, w, generator=generator) > 0.1)
-        elif task.kind == "normals":
+        elif task.kind in ("normals", "normals_l1"):
             n = torch.randn(batch, 3, h, w, generator=generator)
             y = n / n.norm(dim=1, keepdim=True) * (torch.rand(batch, 1, h, w, generator=generator) > 0.1)
         elif task.kind == "attributes":
@@ -82,24 +86,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(recipe: Recipe, device: torch.device, batch: int, warmup: int = 1, repeats: int = 3) -> list[float]:
-    """Seconds of ``repeats`` timed update steps of ``recipe`` at ``batch`` (after ``warmup``)."""
+@dataclass
+class StepBench:
+    """A recipe's model, method and optimizer on random data of its full input size, on the device."""
+
+    model: torch.nn.Module
+    weighting: Any
+    optimizer: torch.optim.Optimizer
+    problem: "_RandomProblem"
+    x: torch.Tensor
+    targets: list[torch.Tensor]
+
+
+def step_bench(recipe: Recipe, device: torch.device, batch: int, image_size: int | None = None) -> StepBench:
+    """Build what one timed update step of ``recipe`` needs (``image_size``: another input height,
+    the width scaled with it, for a smaller measurement than the recipe's full size)."""
     from .methods import build_weighting
     from .models import build_model
     from .problems import problem_shape
-    from .train.steps import STEPS
-    from .train.trainer import build_optimizer
+    from .train.optim import build_optimizer, model_param_groups
 
     out_dims, shape = problem_shape(recipe)
+    if image_size:
+        h, w = shape[-2:]
+        shape = (*shape[:-2], int(image_size), max(1, round(w * image_size / h)))
     tasks = _tasks(recipe)
     torch.manual_seed(0)
     model = build_model(recipe.backbone, recipe.sharing, out_dims,
                         **recipe.model_kwargs(weights=False)).to(device)   # timing needs no ImageNet file
     weighting = build_weighting(recipe.weighting, len(out_dims), **recipe.weighting_kwargs).to(device)
     problem = _RandomProblem(tasks)
-    stepped = {id(p) for p in weighting.model_parameters_it_steps(model)}
-    opt = build_optimizer(recipe, [*(p for p in model.parameters() if id(p) not in stepped),
-                                   *weighting.parameters_for_model_optimizer()])
+    opt = build_optimizer(recipe, model_param_groups(recipe, model, weighting))
     weighting.bind_training(problem.task_loss, opt)
     from .cost import batches_per_epoch
     weighting.bind_schedule(recipe.epochs, batches_per_epoch(recipe) or 1)
@@ -108,6 +125,15 @@ def time_step(recipe: Recipe, device: torch.device, batch: int, warmup: int = 1,
     ys = random_targets(tasks, batch, tuple(shape[-2:]), device, g)
     if weighting.needs_validation_batches:
         weighting.bind_validation(lambda: (x, ys))
+    return StepBench(model, weighting, opt, problem, x, ys)
+
+
+def time_step(recipe: Recipe, device: torch.device, batch: int, warmup: int = 1, repeats: int = 3) -> list[float]:
+    """Seconds of ``repeats`` timed update steps of ``recipe`` at ``batch`` (after ``warmup``)."""
+    from .train.steps import STEPS
+
+    b = step_bench(recipe, device, batch)
+    model, weighting, opt, problem, x, ys = b.model, b.weighting, b.optimizer, b.problem, b.x, b.targets
     step = STEPS.get(recipe.update)
     model.train()
     for _ in range(warmup):

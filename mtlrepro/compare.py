@@ -102,6 +102,17 @@ def params_key(table: Table) -> str:
     return PARAMS_COUNTED.get(table.paper, "params_active_task0")
 
 
+#: The recorded compute a FLOPs column is compared with: ETR-NLP one task's pass; CoNAL and GatedMTL
+#: every task of one image (their STL rows cost T networks) - ``complexity.Complexity.flops_all_tasks``.
+FLOPS_COUNTED = {"etr_nlp": "flops", "conal": "flops_all_tasks", "gatedmtl": "flops_all_tasks"}
+#: multiply-accumulates (fvcore) -> the table's unit; "FLOPs-as-printed": the paper's convention is unknown
+MACS_TO_UNIT = {"MACs": 1.0, "FLOPs": 2.0}
+
+
+def flops_key(table: Table) -> str:
+    return FLOPS_COUNTED.get(table.paper, "flops")
+
+
 def measured_key(col: Column) -> str:
     """The one run-record key a column is compared with (no fallbacks)."""
     return col.metric or col.key
@@ -175,11 +186,12 @@ def _measured(table: Table, row: Row, rr: RowRuns) -> tuple[dict[str, dict[int, 
     for col in table.columns:
         if col.kind == "metric":
             key = measured_key(col)
+            factor = unit_factor(key, col.unit)
             others: dict[str, list[int]] = {}
             for rec in rr.runs:
                 metrics = rec.final.get("metrics", {})
                 if key in metrics:
-                    vals.setdefault(col.key, {})[rec.seed] = float(metrics[key])
+                    vals.setdefault(col.key, {})[rec.seed] = float(metrics[key]) * factor
                     continue
                 for k in same_quantity(key):
                     if k in metrics:
@@ -197,6 +209,18 @@ def _measured(table: Table, row: Row, rr: RowRuns) -> tuple[dict[str, dict[int, 
                 if p is not None:
                     vals.setdefault(col.key, {})[rec.seed] = p / scale
     return vals, refused
+
+
+#: (unit the code reports, unit the table prints) -> factor; equal units and unit-less pairs are 1
+_UNIT_FACTORS = {("%", "fraction"): 0.01, ("fraction", "%"): 100.0}
+
+
+def unit_factor(metric_key: str, printed_unit: str | None) -> float:
+    """What a measured ``metric_key`` is multiplied by to be in the column's printed unit (GatedMTL
+    prints mIoU in % for semseg and as a fraction for human parts and saliency, Table 5)."""
+    from .metrics.definitions import get_def
+    d = get_def(metric_key)
+    return 1.0 if d is None else _UNIT_FACTORS.get((d.unit, printed_unit), 1.0)
 
 
 def _recompute_delta(table: Table, col: Column, row: Row, measured: dict, refused: dict,
@@ -287,6 +311,21 @@ def compare_table(table: Table, profile: str, seeds: list[int] | None = None, re
                     refused[row.key][col.key] = why
                 else:
                     unavailable[row.key][col.key] = why
+    for col in table.columns:   # Overall and MR: from the measured cells (mtlrepro/derived.py)
+        if col.kind != "derived" or col.derived is None or col.derived.formula not in ("overall", "mean_rank"):
+            continue
+        from .derived import recompute_mean_rank, recompute_overall
+        if col.derived.formula == "overall":
+            vals, bad, why = recompute_overall(table, col, measured, refused)
+        else:
+            conventions[col.key] = conv = _audit_convention(table.id, col.key)
+            vals, bad, why = recompute_mean_rank(table, col, measured, refused, conv)
+        for key, xs in vals.items():
+            measured[key][col.key] = xs
+        for key, reason in bad.items():
+            refused[key][col.key] = reason
+        for key, reason in why.items():
+            unavailable[key][col.key] = reason
     from .timing import SPEEDUP_COLUMNS, speedups
     timed = [c for c in table.columns if c.kind == "info" and c.key in SPEEDUP_COLUMNS]
     for col in timed:   # measured from the records' training times, on one device kind

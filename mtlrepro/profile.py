@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .compare import params_key
+from .compare import flops_key, params_key
 from .complexity import count
 from .recipe import recipe_sets
 from .schema import Table
@@ -23,6 +23,7 @@ class RowProfile:
     unsupported_ops: dict
     scope: str = ""
     note: str = ""
+    flops_conv: int | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -93,5 +94,9 @@ def _count_row(table: Table, key_: str, label: str, group, recipe, pub: dict, ca
     c = cache[key]
     # the paper's #P scope: one task's forward (ETR-NLP, task routing) or the whole model (CoNAL, GatedMTL)
     params = c.params_total if params_key(table) == "params_total" else c.params
-    return RowProfile(key_, label, group, recipe.id, params, c.flops, c.flops_unit, list(c.input_shape), pub,
-                      c.unsupported_ops, c.scope)
+    flops, conv, scope = c.flops, c.flops_conv, c.scope
+    if flops_key(table) == "flops_all_tasks" and c.flops_all_tasks != c.flops:
+        flops, conv = c.flops_all_tasks, c.flops_conv_all_tasks
+        scope = "one image, every task's network (sum of the one-task passes)"
+    return RowProfile(key_, label, group, recipe.id, params, flops, c.flops_unit, list(c.input_shape), pub,
+                      c.unsupported_ops, scope, flops_conv=conv)

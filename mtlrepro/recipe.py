@@ -33,7 +33,8 @@ NOT_RESULT_FIELDS = {"id", "table", "row", "seeds", "notes", "status", "fitted",
                      "architecture_seed", "upstream", "extra"}
 OPTIONAL_MODEL_FIELDS = ("head", "conv_unit", "head_kwargs", "pretrained")
 #: fields left out of the fingerprint while unset, so that adding them changed no existing run
-OPTIONAL_FIELDS = (*OPTIONAL_MODEL_FIELDS, "lr_schedule", "grad_clip", "search_val_fraction")
+OPTIONAL_FIELDS = (*OPTIONAL_MODEL_FIELDS, "lr_schedule", "grad_clip", "search_val_fraction", "encoder_lr",
+                   "augment", "loss_weights")
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,18 @@ class Recipe:
     update: str = "joint"              # joint | steady_state | synchronized (one task per forward)
     sharing_kwargs: dict[str, Any] = field(default_factory=dict)
     weighting_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss_weights: list[float] | None = None   # per-task loss scales w_t L_t under any weighting (None: 1)
     optimizer: str = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
-    lr_schedule: str | None = None     # None: constant lr; "step:<epochs>:<gamma>" (StepLR, stepped per epoch)
+    encoder_lr: float | None = None    # None: lr everywhere; else the heads at lr, the rest at encoder_lr (DPT)
+    lr_schedule: str | None = None     # None: constant lr; "step:<epochs>:<gamma>" | "poly:<power>" (train/optim.py)
     epochs: int = 40
     batch_size: int = 256
     eval_split: str = "val"
     image_size: int = 64
     resize_mode: str = "square"
+    augment: str | None = None         # training augmentation on the device: None | "vandenhende" (problems/)
     selection: str = "last"            # last | mean_last:<k> | best:<metric> | best_delta_vs_first:<..> (train/selection.py)
     amp: bool = False                  # bf16 autocast (off for fidelity; reported when on)
     tf32: bool = False                 # TF32 matmuls/convolutions on GPUs (set explicitly, recorded)

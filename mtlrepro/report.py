@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .compare import CellDiff, TableDiff, compare_table, params_key
+from .compare import CellDiff, TableDiff, compare_table, flops_key, params_key
 from .metrics.definitions import get_def
 from .recipe import PROFILES, RecipeSet, recipe_sets
 from .schema import PAPERS, Table
@@ -134,13 +134,16 @@ def _complexity_section(td: TableDiff) -> list[str]:
         c = recs[0].complexity
         counts = sorted({r.complexity.get(params_key(table)) for r in recs} - {None})
         params = ", ".join(f"{p / 1e6:.3f}M" for p in counts) or "—"
-        flops = c.get("flops")
+        flops = c.get(flops_key(table), c.get("flops"))
+        scope = c.get("scope") or ""
+        if flops_key(table) == "flops_all_tasks" and c.get("flops_all_tasks") is not None and "task 0" in scope:
+            scope = "one image, every task's network (sum of the one-task passes)"
         rows.append([row.label, row.group or "", pub, params,
                      "—" if c.get("params_total") is None else f"{c['params_total'] / 1e6:.3f}M",
                      "—" if flops is None else f"{flops / 1e6:.1f}M {c.get('flops_unit', 'MAC')}",
                      "×".join(map(str, c.get("input_shape") or [])) or "—",
                      ", ".join(f"{k}×{v}" for k, v in (c.get("unsupported_ops") or {}).items())
-                     + (f" (scope: {c['scope']})" if c.get("scope") else ""), fitted])
+                     + (f" (scope: {scope})" if scope else ""), fitted])
     shapes = sorted({"×".join(map(str, c.input_shape)) for c in pub_cols if c.input_shape})
     return ["## Parameters and FLOPs (from the run records)", "",
             "Counted by the trainer on each run's own model at the run's own input size (fvcore): "
@@ -298,7 +301,16 @@ def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: 
     counts = Counter(d.verdict for d in td.cells)
     lines += ["**Verdicts:** " + ", ".join(f"{k} {counts[k]}" for k in ORDER if counts[k]), ""]
     for c in table.columns:
-        if c.key in td.conventions:
+        formula = c.derived.formula if c.derived is not None else ""
+        if formula == "mean_rank" and c.key in td.conventions:
+            lines += [f"Measured {c.label} ranks the rows of each group on their measured means per input column "
+                      f"({', '.join(c.derived.inputs)}), ties by the `{td.conventions[c.key]}` rule (the one "
+                      "`mtlrepro audit` found to reproduce the printed column), and averages a row's ranks. It is "
+                      "compared only when every printed row of the group is measured (otherwise incomparable: "
+                      "another set of rows is another ranking).", ""]
+        elif formula == "overall" and any(d.column == c.key and d.measured is not None for d in td.cells):
+            lines += [f"Measured {c.label} is the mean of the row's measured {', '.join(c.derived.inputs)} per seed.", ""]
+        elif c.key in td.conventions:
             ref = getattr(recipe_sets().get(table.id), "delta_reference", None) or {}
             base = (f"the measured row `{ref['row']}` of `{ref['table']}`, read under that table's metric columns "
                     f"(this table prints no per-task metrics)" if ref and not c.derived.inputs

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 VERBS = ["tables", "table", "audit", "recipes", "plan", "run", "profile", "diff", "report", "reproduce"]
-VERBS += ["conflicts", "calibrate"]
+VERBS += ["conflicts", "calibrate", "timing"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,12 +30,16 @@ def run(args: argparse.Namespace) -> int:
     out = []
     for r in rows:
         pub = "; ".join(f"{k}={v['text']}" for k, v in r.published.items())
+        flops_cols = {k: v for k, v in r.published.items() if v.get("unit") not in ("params", "ms", "h")}
+        gaps = "; ".join(_flops_gap(r.flops, v) for v in flops_cols.values()) if r.flops else ""
+        conv = "; ".join(_flops_gap(r.flops_conv, v) for v in flops_cols.values()) if r.flops_conv else ""
         out.append([r.label, r.group or "", pub, r.note or f"{r.params:,}", _gap(r.params, r.published.get("params")),
-                    r.note or f"{r.flops / 1e6:.1f}M", _gap(r.flops, r.published.get("flops")), r.flops_unit or "",
+                    r.note or f"{r.flops / 1e6:.1f}M", gaps, conv, r.flops_unit or "",
                     "×".join(map(str, r.input_shape or [])),
                     ", ".join(r.unsupported_ops) or ""])
-    print(tabulate(out, headers=["row", "group", "published", "params", "vs #P", "compute", "vs #F", "unit",
-                                 "input", "ops fvcore skips"]))
+    print(tabulate(out, headers=["row", "group", "published", "params", "vs #P", "compute (MACs)",
+                                 "vs #F in the table's unit", "convs only: vs #F", "unit", "input",
+                                 "ops fvcore skips"]))
     searched = [r for r in rows if "search" in (r.scope or "")]
     if searched:
         print(f"\nrows {', '.join(r.row for r in searched)}: the architecture a {args.search_profile}-profile search "
@@ -43,9 +47,23 @@ def run(args: argparse.Namespace) -> int:
     from ..compare import params_key
     scope = ("every learnable parameter of the model" if params_key(table) == "params_total"
              else "learnable parameters used by one task's forward pass")
-    print(f"\nparams: {scope} (the paper's #P scope); compute: fvcore count for one image "
-          "(multiply-accumulates).")
+    from ..compare import flops_key
+    fscope = ("every task of one image (a task-conditional model such as STL: the sum of its task networks' passes)"
+              if flops_key(table) == "flops_all_tasks" else "one image, one task's forward pass")
+    print(f"\nparams: {scope} (the paper's #P scope); compute: fvcore multiply-accumulates for {fscope}; "
+          "'vs #F' converts them to the column's unit (FLOPs = 2 x MACs); 'convs only' counts the convolutions "
+          "alone (context: some papers' counts are conv-only; the full count is the one compared).")
     return 0
+
+
+def _flops_gap(macs: int, published: dict) -> str:
+    """The gap to a printed compute cell in its column's unit (FLOPs = 2 x MACs; MACs = fvcore's
+    count); a column whose convention the paper leaves open ("FLOPs-as-printed") gets both."""
+    from ..compare import MACS_TO_UNIT
+    unit = published.get("unit")
+    if unit in MACS_TO_UNIT:
+        return f"{_gap(int(macs * MACS_TO_UNIT[unit]), published)} ({unit})"
+    return f"{_gap(macs, published)} (as MACs), {_gap(2 * macs, published)} (as 2xMACs)"
 
 
 def _gap(measured: int | None, published: dict | None) -> str:

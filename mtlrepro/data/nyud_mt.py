@@ -33,9 +33,9 @@ training resolution ``hw``: the native 480x640 (no resampling) or, for smoke run
 size (image bicubic, labels / depth / edges nearest, normals bicubic + renormalised; see
 :mod:`mtlrepro.data.vandenhende_io`).
 
-Not here (a gap for a later step): the training augmentation of Vandenhende's code (random
-horizontal flip with the normals' x negated, ``ScaleNRotate`` with scales {1, 1.2, 1.5} and
-depth divided by the scale). Training on these tensors is training without augmentation.
+Training augmentation (Vandenhende's random horizontal flip with the normals' x negated,
+``ScaleNRotate`` with scales {1, 1.2, 1.5} and depth divided by the scale) is applied to batches of
+these tensors on the device: :mod:`mtlrepro.problems.vandenhende_augment`.
 """
 from __future__ import annotations
 

@@ -36,10 +36,10 @@ was expected; nothing is cached from a failed read. ``.mat`` files are read with
 ``scipy.io.loadmat`` (scipy is needed at runtime for this dataset).
 
 The split at 512x512 is 13 bytes per pixel (image 3, four label maps 4, normals 6): 17 GB per
-split. Not here (a gap for a later step): the training augmentation of Vandenhende's code
-(random horizontal flip with the normals' x negated, ``ScaleNRotate`` with rotations in +-20 deg
-and scales 0.75..1.25, the normals rotated with the image); training on these tensors is
-training without augmentation. The repo's final test evaluation resizes predictions back to
+split. The training augmentation of Vandenhende's code (random horizontal flip with the normals'
+x negated, ``ScaleNRotate`` with rotations in +-20 deg and scales 0.75..1.25, the normals rotated
+with the image) runs on batches of these tensors on the device
+(:mod:`mtlrepro.problems.vandenhende_augment`). The repo's final test evaluation resizes predictions back to
 each image's own size; the metrics here are its online meters at 512x512.
 """
 from __future__ import annotations

@@ -23,7 +23,8 @@ class ConvSpec:
     ``index`` is the unit's position in forward order (0 = first conv), ``role`` one of
     ``"stem"``, ``"conv1"``, ``"conv2"`` (the two convs of a residual block; ``"conv3"``: a
     bottleneck's third), ``"downsample"``
-    (the 1x1 projection shortcut) or ``"conv"`` (plain conv stacks: VGG/SegNet).
+    (the 1x1 projection shortcut), ``"transition"`` / ``"fuse"`` (HRNet's branch transitions and
+    cross-resolution fusions) or ``"conv"`` (plain conv stacks: VGG/SegNet).
     ``norm=False`` means no BatchNorm after the conv (the unit then returns the conv output).
     ``dilation`` > 1: an atrous conv (the dilated ResNet-50); units that cannot dilate are
     rejected by the backbone that asks for it.

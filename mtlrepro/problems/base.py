@@ -38,6 +38,10 @@ class Problem:
     task_loss: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
     new_evaluator: Callable[[], Evaluator]
     primary_metrics: list[str] = field(default_factory=list)
+    #: training augmentation on the device: (uint8 images, stored targets, CPU generator) -> the same,
+    #: applied to training batches only, with a generator seeded by (seed, epoch, step)
+    augment: Callable[[torch.Tensor, list[torch.Tensor], torch.Generator],
+                      tuple[torch.Tensor, list[torch.Tensor]]] | None = None
 
     @property
     def n_tasks(self) -> int:
@@ -48,7 +52,10 @@ class Problem:
         """Shuffled batches; the order depends only on (seed, epoch), so a resumed run sees the
         same batches as an uninterrupted one. The last partial batch is dropped (as the
         reference loaders' drop_last would; it keeps batch statistics comparable) - except
-        when the whole split is smaller than one batch (tiny sets): then it is one short batch."""
+        when the whole split is smaller than one batch (tiny sets): then it is one short batch.
+        With ``augment`` each raw batch (uint8 inputs, stored targets) is augmented before
+        ``prepare``, its random draws from a CPU generator seeded by (seed, epoch, step) alone, so a
+        resumed run sees the same augmented batches too. Eval batches are never augmented."""
         n = len(self.train)
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g).to(self.train.inputs.device)
@@ -57,7 +64,11 @@ class Problem:
             steps = min(steps, max_steps)
         for i in range(steps):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            yield self.prepare(self.train.inputs[idx]), [t[idx] for t in self.train.targets]
+            x, ys = self.train.inputs[idx], [t[idx] for t in self.train.targets]
+            if self.augment is not None:
+                ga = torch.Generator().manual_seed(((seed * 100_003 + epoch) * 1_000_003 + i) % 2**63)
+                x, ys = self.augment(x, ys, ga)
+            yield self.prepare(x), ys
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         n = len(self.eval)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..data.celeba import celeba_tasks, load_celeba
-from ..metrics.classification import MultiLabelPRF, TotalError
+from ..metrics.classification import BinaryAccuracy, MultiLabelPRF, TotalError
 from ..tasks.attributes import attributes_loss
 from .base import Problem, Split
 from .paths import cache_dir_override, data_root_or_explain, ensure_tiny_dataset
@@ -20,20 +20,33 @@ from .paths import cache_dir_override, data_root_or_explain, ensure_tiny_dataset
 class CelebAEvaluator:
     """Macro precision / recall / F over the attributes; when every task is ONE attribute (CoNAL's
     CelebA-9, GatedMTL's 3 tasks) also CoNAL's ``total_error`` (the sum over tasks of the error %),
-    which is a per-task quantity and undefined for groups of attributes."""
+    which is a per-task quantity and undefined for groups of attributes. With ``task_names`` (and
+    ``task_sizes``, labels per task) it also reports ``<task>/accuracy``: the task's per-label
+    accuracy over the split, averaged over its labels (GatedMTL's Gender / Age / Clothes columns)."""
 
-    def __init__(self, n_labels: int, device: torch.device, single_attribute_tasks: bool = False):
+    def __init__(self, n_labels: int, device: torch.device, single_attribute_tasks: bool = False,
+                 task_names: list[str] | None = None, task_sizes: list[int] | None = None):
         self.prf = MultiLabelPRF(n_labels, threshold=0.5, from_logits=True)
         self.total = TotalError(n_labels, threshold=0.5, from_logits=True) if single_attribute_tasks else None
+        self.task_names, self.task_sizes = task_names, task_sizes
+        self.acc = BinaryAccuracy(n_labels, threshold=0.5, from_logits=True) if task_names else None
 
     def update(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
         out, tgt = torch.cat(outputs, dim=1), torch.cat(targets, dim=1)
         self.prf.update(out, tgt)
         if self.total is not None:
             self.total.update(out, tgt)
+        if self.acc is not None:
+            self.acc.update(out, tgt)
 
     def compute(self) -> dict[str, float]:
-        return {**self.prf.compute(), **(self.total.compute() if self.total is not None else {})}
+        out = {**self.prf.compute(), **(self.total.compute() if self.total is not None else {})}
+        if self.acc is not None:
+            per_label, start = self.acc.compute_per_label().tolist(), 0
+            for name, size in zip(self.task_names, self.task_sizes):
+                out[f"{name}/accuracy"] = float(sum(per_label[start:start + size]) / size)
+                start += size
+        return out
 
 
 def build_celeba_problem(recipe, profile: str, data_root: str | None, device: torch.device) -> Problem:
@@ -73,7 +86,9 @@ def build_celeba_problem(recipe, profile: str, data_root: str | None, device: to
                    "eval_split": recipe.eval_split, "synthetic": synthetic,
                    "image_size": recipe.image_size, "resize_mode": recipe.resize_mode},
         prepare=prepare, task_loss=task_loss,
-        new_evaluator=lambda: CelebAEvaluator(n_labels, device, single_attribute_tasks=single),
+        new_evaluator=lambda: CelebAEvaluator(n_labels, device, single_attribute_tasks=single,
+                                              task_names=[t.name for t in tasks],
+                                              task_sizes=[len(t.attr_indices) for t in tasks]),
         primary_metrics=["precision", "recall", "fscore"],
     )
 

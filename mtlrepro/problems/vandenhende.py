@@ -26,9 +26,9 @@ tiny profile ``image_size`` high, the width at the aspect ratio in multiples of 
 ``Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])``. Evaluation: the val split (the
 papers' test set), :mod:`mtlrepro.problems.vandenhende_eval`.
 
-Gaps (documented, for a later step): no training augmentation (the repo's random flip and
-``ScaleNRotate``, see the readers' docstrings); the repo's final test evaluation at each PASCAL
-image's own size (here: its online meters at 512x512).
+Training augmentation (recipe ``augment: vandenhende``): the repo's flip and ``ScaleNRotate`` on the
+device per batch (:mod:`mtlrepro.problems.vandenhende_augment`). Gap (documented): the repo's final
+test evaluation at each PASCAL image's own size (here: its online meters at 512x512).
 """
 from __future__ import annotations
 
@@ -140,16 +140,30 @@ def _build(dataset: str, recipe, profile: str, data_root: str | None, device: to
             "synthetic": synthetic, "dataset": dataset, "task_set": recipe.task_set,
             "native_hw": list(_NATIVE_HW[dataset]), "input_hw": list(hw),
             "normalisation": "ImageNet mean/std (Vandenhende's Normalize)",
-            "augmentation": "none (Vandenhende's flip + ScaleNRotate not implemented yet)",
+            "augmentation": _augmentation_text(dataset, recipe),
             "evaluation": "Vandenhende's online meters on val at the training resolution"}
     if "has_person" in ev.info:
         info["n_eval_with_human_parts"] = int(ev.targets["human_parts"].flatten(1).ge(0).any(1).sum())
+    augment, which = None, getattr(recipe, "augment", None)
+    if which == "vandenhende":
+        from .vandenhende_augment import augment_for
+        augment = augment_for(dataset, [t.name for t in tasks])
+    elif which:
+        raise ValueError(f"{recipe.id}: augment {which!r}; {title} knows 'vandenhende' or none (null)")
     return DenseProblem(
+        augment=augment,
         name=f"{dataset}/{recipe.task_set}", task_names=[t.name for t in tasks],
         out_dims=[t.out_dim for t in tasks], input_shape=(3, *hw),
         train=split(train), eval=split(ev), eval_split="val", synthetic=synthetic, data_info=info,
         prepare=prepare, task_loss=task_loss, new_evaluator=lambda: VandenhendeEvaluator(tasks),
         primary_metrics=primary_metric_keys(dataset, recipe.task_set), batch_targets=batch_targets)
+
+
+def _augmentation_text(dataset: str, recipe) -> str:
+    if getattr(recipe, "augment", None) != "vandenhende":
+        return "none (recipe augment: null; Vandenhende's flip + ScaleNRotate is augment: vandenhende)"
+    from .vandenhende_augment import describe
+    return describe(dataset)
 
 
 def build_nyud_mt_problem(recipe, profile: str, data_root: str | None, device: torch.device) -> DenseProblem:

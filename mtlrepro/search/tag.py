@@ -74,7 +74,7 @@ LOOKAHEAD_BATCHES = ("training", "stream")
 
 # ====================================================================== the look-ahead step
 def _sgd_step(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict, lr: float) -> torch.Tensor:
-    """``torch.optim.SGD``'s step on ``g``: :math:`d = g + \lambda\theta`, :math:`b = \mu b_{old} +
+    r"""``torch.optim.SGD``'s step on ``g``: :math:`d = g + \lambda\theta`, :math:`b = \mu b_{old} +
     (1 - \tau) d` (:math:`b = d` without a buffer), :math:`\Delta = \eta b` (Nesterov: :math:`\eta(d +
     \mu b)`)."""
     d = g + group["weight_decay"] * p if group.get("weight_decay") else g
@@ -88,7 +88,7 @@ def _sgd_step(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict, lr: fl
 
 def _adam_step(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict, lr: float,
                decoupled: bool) -> torch.Tensor:
-    """Adam's step on ``g`` as the next gradient: :math:`m = \beta_1 m_{old} + (1-\beta_1) g`, :math:`v =
+    r"""Adam's step on ``g`` as the next gradient: :math:`m = \beta_1 m_{old} + (1-\beta_1) g`, :math:`v =
     \beta_2 v_{old} + (1-\beta_2) g^2`, step :math:`k + 1`, :math:`\Delta = \frac{\eta}{1-\beta_1^{k+1}}
     \frac{m}{\sqrt{v/(1-\beta_2^{k+1})} + \epsilon}` (L2 weight decay in ``g``; AdamW adds
     :math:`\eta\lambda\theta`)."""

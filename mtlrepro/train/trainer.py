@@ -18,7 +18,6 @@ import functools
 import hashlib
 import math
 import os
-import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +31,8 @@ from ..recipe import Recipe
 from ..store import EpochRecord, RunRecord, checkpoint_path, device_kind, environment, save_run
 from ..methods.logs import EpochLogs
 from .steps import STEPS, check_update_weighting, evaluate
+from .faults import EnvironmentFault, check_writable, load_checkpoint_or_set_aside, save_checkpoint, state_bytes
+from .optim import build_lr_schedule, build_optimizer, model_param_groups
 from .selection import check_selection_rule, select_final
 
 
@@ -45,43 +46,8 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
-    if recipe.optimizer == "adam":
-        # fused: one kernel for all parameters; 4-7x faster than the default on CPU, and the
-        # steady-state schemes take one optimizer step per task (40 per batch on CelebA-40)
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adam, sgd)")
-
-
-def build_lr_schedule(recipe: Recipe, optimizer: torch.optim.Optimizer):
-    """The recipe's learning-rate schedule, stepped once per epoch (None: constant lr).
-
-    ``step:<k>:<gamma>``: multiply the lr by ``gamma`` every ``k`` epochs (``StepLR``; LibMTL's
-    default is ``step:100:0.5``)."""
-    spec = recipe.lr_schedule
-    if not spec:
-        return None
-    parts = spec.split(":")
-    if parts[0] == "step" and len(parts) == 3:
-        try:
-            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(parts[1]), gamma=float(parts[2]))
-        except ValueError:
-            pass
-    raise ValueError(f"{recipe.id}: unknown lr_schedule {spec!r} (step:<epochs>:<gamma>, e.g. step:100:0.5)")
-
-
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_checkpoint(path, state)
 
 
 def precision_policy(recipe: Recipe, dev: torch.device) -> dict:
@@ -121,7 +87,8 @@ def _complexity(backbone: str, sharing: str, kwargs: str, out_dims: tuple[int, .
     finally:
         torch.set_rng_state(rng)
     return {"params_active_task0": c.params, "params_total": c.params_total, "buffers": c.buffers,
-            "flops": c.flops, "flops_unit": "MAC", "input_shape": list(c.input_shape), "scope": c.scope,
+            "flops": c.flops, "flops_all_tasks": c.flops_all_tasks,
+            "flops_conv": c.flops_conv, "flops_conv_all_tasks": c.flops_conv_all_tasks, "flops_unit": "MAC", "input_shape": list(c.input_shape), "scope": c.scope,
             "unsupported_ops": dict(c.unsupported_ops)}
 
 
@@ -135,6 +102,8 @@ def run_complexity(recipe: Recipe, problem) -> dict:
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's state, every tensor on the CPU (RNG states must be CPU ByteTensors)."""
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
 
 
 def restore_rng(state: dict, dev: torch.device) -> None:
@@ -177,9 +146,7 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     if recipe.update != "joint" and not model.task_conditional:
         raise ValueError(f"{recipe.id}: update {recipe.update!r} runs one task per forward; sharing "
                          f"{recipe.sharing!r} computes every task in one forward (use update joint)")
-    stepped_by_method = {id(p) for p in weighting.model_parameters_it_steps(model)}
-    optimizer = build_optimizer(recipe, [*(p for p in model.parameters() if id(p) not in stepped_by_method),
-                                         *weighting.parameters_for_model_optimizer()])
+    optimizer = build_optimizer(recipe, model_param_groups(recipe, model, weighting))
     schedule = build_lr_schedule(recipe, optimizer)
     weighting.bind_training(problem.task_loss, optimizer)
     steps_per_epoch = problem.steps_per_epoch(recipe.batch_size, recipe.max_steps_per_epoch)
@@ -202,9 +169,10 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
                        data=dict(problem.data_info, checksum=data_checksum(problem)), environment=env)
     record.complexity = run_complexity(recipe, problem)
     ckpt = checkpoint_path(profile, recipe.fingerprint, seed, device_kind(dev), results_root)
+    check_writable(ckpt.parent, state_bytes(model, weighting) * 3)   # weights + Adam's two moments
     start_epoch, segments, seconds_before = 0, [], 0.0
-    if ckpt.exists():
-        state = load_checkpoint(ckpt)
+    state = load_checkpoint_or_set_aside(ckpt) if ckpt.exists() else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if schedule is not None:
@@ -247,7 +215,7 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         if not math.isfinite(train_loss):
             record.status, record.failure = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch + 1}"
             record.seconds = elapsed()
-            save_run(record, results_root)
+            _save_record(record, results_root)
             ckpt.unlink(missing_ok=True)
             raise RunFailed(record.failure)
         weighting.on_epoch_end(epoch)
@@ -284,9 +252,20 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         record.artifacts = {"architecture": exporter.export_architecture()}
     record.status = "finished"
     record.seconds = elapsed()
-    save_run(record, results_root)
+    _save_record(record, results_root)
     ckpt.unlink(missing_ok=True)
     return record
+
+
+def _save_record(record: RunRecord, results_root: Path | None) -> Path:
+    """``save_run``; a write that fails (full disk, read-only store) is an environment fault."""
+    try:
+        return save_run(record, results_root)
+    except OSError as e:
+        raise EnvironmentFault(f"could not write the run record of {record.recipe_id} seed {record.seed} "
+                               f"({e.strerror or e}{': ' + e.filename if getattr(e, 'filename', None) else ''}): "
+                               "is the disk full or the results folder read-only? The job stays runnable",
+                               getattr(e, "filename", None)) from None
 
 
 class _MetaBatches:

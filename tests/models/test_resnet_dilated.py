@@ -204,3 +204,67 @@ def test_pretrained_refused_by_backbones_without_weights():
 def test_fingerprint_defaults_do_not_repeat_pretrained():
     from mtlrepro.fingerprint import resolve_kwargs
     assert "pretrained" not in resolve_kwargs({}, BACKBONES.get("resnet50_dilated"))
+
+
+# --- the dilated ResNet-18 (GatedMTL's PASCAL-Context encoder) and the width multiplier ---------
+
+def _nostride_dilate(m: nn.Module, dilate: int) -> None:
+    """Vandenhende's / LibMTL's ``ResnetDilated._nostride_dilate``, written out for the test."""
+    if isinstance(m, nn.Conv2d):
+        if m.stride == (2, 2):
+            m.stride = (1, 1)
+            if m.kernel_size == (3, 3):
+                m.dilation, m.padding = (dilate // 2, dilate // 2), (dilate // 2, dilate // 2)
+        elif m.kernel_size == (3, 3):
+            m.dilation, m.padding = (dilate, dilate), (dilate, dilate)
+
+
+def test_dilated_resnet18_equals_torchvision_resnet18_dilated_by_vandenhendes_rule():
+    from mtlrepro.models.backbones.resnet_dilated import ResNet18DilatedEncoder
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None).double().eval()
+    tv.layer3.apply(lambda m: _nostride_dilate(m, 2))
+    tv.layer4.apply(lambda m: _nostride_dilate(m, 4))
+    enc = ResNet18DilatedEncoder(ConvBN).double().eval()
+    state = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    map_to_units(state, enc.units())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        ours, ref = enc(x), tv_features(tv, x)
+    assert ours.shape == (2, 512, 8, 8)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    # 11,176,512 = torchvision's resnet18 without fc
+    assert count_parameters(enc.parameters()) == 11_176_512
+
+
+def test_pascal_r18_aspp_counts_match_the_reference():
+    pascal = [21, 7, 1, 3, 1]
+    hps = build_model("resnet18_dilated", "hard_sharing", pascal)
+    stl = build_model("resnet18_dilated", "single_task", pascal)
+    heads = sum(aspp_head_params(d, in_ch=512) for d in pascal)
+    assert count_parameters(hps.parameters()) == 11_176_512 + heads
+    assert count_parameters(stl.parameters()) == 5 * 11_176_512 + heads
+    assert abs(count_parameters(hps.parameters()) / 34.80e6 - 1) < 0.001     # REFERENCE 34.80M
+    assert abs(count_parameters(stl.parameters()) / 79.50e6 - 1) < 0.001     # REFERENCE 79.50M
+
+
+def test_width_mult_scales_every_stage_and_keeps_the_full_network_at_one():
+    full = ResNet50DilatedEncoder(ConvBN)
+    half = ResNet50DilatedEncoder(ConvBN, width_mult=0.5)
+    assert half.widths == tuple(w // 2 for w in full.widths) and half.out_features == 1024
+    assert count_parameters(full.parameters()) == RESNET50_ENCODER_PARAMS
+    m = build_model("resnet50_dilated", "hard_sharing", [40, 1, 3], width_mult=0.25)
+    assert m(torch.randn(2, 3, 32, 32))[0].shape == (2, 40, 32, 32)
+    with pytest.raises(ValueError, match="width_mult 1 only"):
+        build_model("resnet50_dilated", "hard_sharing", [1], width_mult=0.5, pretrained="imagenet1k_v1")
+
+
+def test_aspp_upsampling_follows_the_setting():
+    torch.manual_seed(0)
+    lib, van = DeepLabHead(8, 2, ch=4), DeepLabHead(8, 2, ch=4, align_corners=False)
+    van.load_state_dict(lib.state_dict())
+    lib.eval(), van.eval()
+    x = torch.randn(1, 8, 4, 4)
+    y = van.body(x)
+    torch.testing.assert_close(van(x), torch.nn.functional.interpolate(y, size=(32, 32), mode="bilinear"))
+    assert not torch.allclose(van(x), lib(x))

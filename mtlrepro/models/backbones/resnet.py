@@ -61,6 +61,25 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+class BlockStageTaps:
+    """Taps of stages that are plain sequences of residual blocks (torchvision's ResNet18, the CIFAR
+    ResNets): ``first`` = block 0's output, ``last`` = ``out`` = the last block's; global average
+    pooling readout."""
+
+    def stage_taps(self, s: int, h: Tensor, state: dict) -> StageTaps:
+        blocks = self.stages[s]
+        first = last = blocks[0](h)
+        for block in blocks[1:]:
+            last = block(last)
+        return StageTaps(input=h, first=first, last=last, out=last)
+
+    def readout(self, h: Tensor) -> Tensor:
+        return torch.flatten(self.avgpool(h), 1)
+
+    def units(self) -> list[nn.Module]:
+        return list(self._units)
+
+
 class ResNetStages(StagedBackbone):
     """The stage layout torchvision's ResNets share: ``stem`` (conv unit) -> ReLU -> ``maxpool``,
     then ``layer1`` .. ``layer4``. Subclasses give the blocks and their taps."""
@@ -113,7 +132,7 @@ class DroppedModule(nn.Module):
         return f"dropped={self.dropped!r}"
 
 
-class ResNet18Encoder(ResNetStages):
+class ResNet18Encoder(BlockStageTaps, ResNetStages):
     """ResNet18 up to global average pooling; ``forward`` returns ``(B, 512 * width_mult)``."""
 
     strides = (4, 8, 16, 32)
@@ -160,20 +179,7 @@ class ResNet18Encoder(ResNetStages):
     def _init_weights(self) -> None:
         init_torchvision(self)
 
-    # --- stages (StagedBackbone): ResNetStages; the taps are this block layout's --------------
-
-    def stage_taps(self, s: int, h: Tensor, state: dict) -> StageTaps:
-        blocks = self.stages[s]
-        first = last = blocks[0](h)
-        for block in blocks[1:]:
-            last = block(last)
-        return StageTaps(input=h, first=first, last=last, out=last)
-
-    def readout(self, h: Tensor) -> Tensor:
-        return torch.flatten(self.avgpool(h), 1)
-
-    def units(self) -> list[nn.Module]:
-        return list(self._units)
+    # --- stages (StagedBackbone): ResNetStages; the taps: BlockStageTaps ----------------------
 
     def last_shared_layer(self) -> nn.Module:
         """The last conv unit (conv -> BN) of the last residual block."""

@@ -1,4 +1,4 @@
-"""Dilated ResNet-50 (output stride 8): CoNAL's / LibMTL's dense encoder.
+"""Dilated ResNets (output stride 8): CoNAL's / LibMTL's ResNet-50 and GatedMTL's / Vandenhende's ResNet-18.
 
 Topology = torchvision's ``resnet50(weights=None)`` without ``avgpool`` / ``fc``, dilated as
 LibMTL's ``ResnetDilated(dilate_scale=8)`` (``LibMTL/model/resnet_dilated.py``, after Yu et al.,
@@ -30,9 +30,26 @@ block's. ``readout`` is the identity: the encoder returns ``(B, 2048, H/8, W/8)`
 head is ``aspp`` (:mod:`mtlrepro.models.heads.aspp`, DeepLab).
 
 Backbone keyword arguments: ``pretrained`` (None or ``"imagenet1k_v1"``: torchvision's
-``ResNet50_Weights.IMAGENET1K_V1`` from the torch hub cache, see :mod:`..pretrained`),
-``track_running_stats`` (True). Initialisation otherwise follows torchvision (Kaiming-normal
-fan_out convs, BN weight 1 / bias 0).
+``ResNet50_Weights.IMAGENET1K_V1`` / ``ResNet18_Weights.IMAGENET1K_V1`` from the torch hub cache,
+see :mod:`..pretrained`), ``track_running_stats`` (True), ``width_mult`` (1.0). Initialisation
+otherwise follows torchvision (Kaiming-normal fan_out convs, BN weight 1 / bias 0).
+
+``resnet18_dilated`` (GatedMTL's PASCAL-Context encoder, Vandenhende's ``ResnetDilated(resnet18,
+dilate_scale=8)``): the same rule on torchvision's ResNet-18 (BasicBlocks 3x3 -> 3x3, 2 per stage,
+widths 64/128/256/512): in layer3 / layer4 block 0's conv1 (the strided 3x3) gets dilation 1 / 2,
+every other 3x3 dilation 2 / 4, the 1x1 projections stride 1. Encoder parameters 11,176,512
+(torchvision's resnet18 without fc); the encoder returns ``(B, 512, H/8, W/8)``, default head
+``aspp`` on 512 channels. With five ASPP heads on PASCAL's 21/7/1/3/1 outputs hard sharing has
+34,795,873 parameters and the five single-task networks 79,501,921 (REFERENCE: 34.80M / 79.50M);
+fvcore at 512x512, 2 x MACs: 284.6 / 670.1 G (GatedMTL Table 5 prints 284 / 670).
+
+``width_mult`` (GatedMTL Table 7 right, ResNet-50 at "Half" and "Quarter" width): every stage's
+planes (and the stem) times ``width_mult``, the ASPP heads reading the narrower features with their
+256 channels kept. The paper does not say what shrinks; fvcore at 480x640 (NYUD, 3 tasks, 2 x MACs)
+gives STL / MTL 415.4 / 297.3 G at half width (printed 415 / 296) and 177.5 / 147.5 G at quarter
+width (printed 177 / 147), parameters 43,259,020 / 31,473,740 and 18,620,764 / 15,658,812. The
+reading was chosen because these counts reproduce the printed ones: it is *fitted* (the recipes say
+so).
 """
 from __future__ import annotations
 
@@ -43,15 +60,17 @@ from ..registries import BACKBONES
 from ..units import ConvBN, ConvSpec
 from ..weight_init import init_torchvision
 from .protocol import Backbone, StageTaps
-from .resnet import ResNetStages
+from .resnet import BasicBlock, ResNetStages
 
-__all__ = ["ResNet50DilatedEncoder", "Bottleneck", "build_resnet50_dilated", "RESNET50_ENCODER_PARAMS",
-           "BLOCKS", "DILATIONS"]
+__all__ = ["ResNetDilatedEncoder", "ResNet50DilatedEncoder", "Bottleneck", "build_resnet50_dilated",
+           "build_resnet18_dilated", "RESNET50_ENCODER_PARAMS", "BLOCKS", "DILATIONS"]
 
 RESNET50_ENCODER_PARAMS = 23_508_032  # torchvision resnet50 without fc (REFERENCE.md, CoNAL's setting)
 BLOCKS = (3, 4, 6, 3)
 PLANES = (64, 128, 256, 512)
 EXPANSION = 4
+#: depth -> (blocks per stage, block kind, expansion)
+DEPTHS = {50: ((3, 4, 6, 3), "bottleneck", 4), 18: ((2, 2, 2, 2), "basic", 1)}
 #: per stage: (dilation of block 0's 3x3, dilation of the other blocks' 3x3s); None = not dilated
 DILATIONS: tuple[tuple[int, int] | None, ...] = (None, None, (1, 2), (2, 4))
 
@@ -84,15 +103,19 @@ def _check_dilation(unit: nn.Module, spec: ConvSpec) -> None:
                          f"(unit {spec.index}); resnet50_dilated needs units that dilate")
 
 
-class ResNet50DilatedEncoder(ResNetStages):
-    """Dilated ResNet-50 up to ``layer4``; ``forward`` returns ``(B, 2048, H/8, W/8)``."""
+class ResNetDilatedEncoder(ResNetStages):
+    """Dilated ResNet-``depth`` (50 or 18) up to ``layer4``; ``forward`` returns ``(B, C, H/8, W/8)``."""
 
-    widths = tuple(p * EXPANSION for p in PLANES)
     strides = (4, 8, 8, 8)
-    stem_width = 64
 
-    def __init__(self, make_unit, track_running_stats: bool = True, in_channels: int = 3):
+    def __init__(self, make_unit, track_running_stats: bool = True, in_channels: int = 3, depth: int = 50,
+                 width_mult: float = 1.0):
         super().__init__()
+        if depth not in DEPTHS:
+            raise ValueError(f"dilated ResNet depth {depth}: known {sorted(DEPTHS)}")
+        blocks_per_stage, kind, expansion = DEPTHS[depth]
+        self.depth, self.expansion = depth, expansion
+        planes_all = [max(1, int(round(p * width_mult))) for p in PLANES]
         self._units: list[nn.Module] = []
 
         def unit(in_ch, out_ch, k, stride, pad, role, dilation=1):
@@ -103,28 +126,38 @@ class ResNet50DilatedEncoder(ResNetStages):
             self._units.append(m)
             return m
 
-        self.stem = unit(in_channels, 64, 7, 2, 3, "stem")
+        stem_w = planes_all[0]
+        self.stem = unit(in_channels, stem_w, 7, 2, 3, "stem")
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_ch = 64
+        in_ch = stem_w
         stages = []
-        for s, (n_blocks, planes) in enumerate(zip(BLOCKS, PLANES)):
-            out_ch = planes * EXPANSION
+        for s, (n_blocks, planes) in enumerate(zip(blocks_per_stage, planes_all)):
+            out_ch = planes * expansion
             blocks = []
             for b in range(n_blocks):
                 if DILATIONS[s] is None:
-                    stride, dil = (2 if (s > 0 and b == 0) else 1), 1
+                    stride, dil, dil_other = (2 if (s > 0 and b == 0) else 1), 1, 1
+                else:   # _nostride_dilate: the strided 3x3 gets dilate // 2, every other 3x3 dilate
+                    stride, dil, dil_other = 1, DILATIONS[s][0 if b == 0 else 1], DILATIONS[s][1]
+                needs_ds = b == 0 and (stride != 1 or in_ch != out_ch)
+                if kind == "bottleneck":
+                    c1 = unit(in_ch, planes, 1, 1, 0, "conv1")
+                    c2 = unit(planes, planes, 3, stride, dil, "conv2", dilation=dil)
+                    c3 = unit(planes, out_ch, 1, 1, 0, "conv3")
+                    ds = unit(in_ch, out_ch, 1, stride, 0, "downsample") if b == 0 else None
+                    blocks.append(Bottleneck(c1, c2, c3, ds))
                 else:
-                    stride, dil = 1, DILATIONS[s][0 if b == 0 else 1]
-                c1 = unit(in_ch, planes, 1, 1, 0, "conv1")
-                c2 = unit(planes, planes, 3, stride, dil, "conv2", dilation=dil)
-                c3 = unit(planes, out_ch, 1, 1, 0, "conv3")
-                ds = unit(in_ch, out_ch, 1, stride, 0, "downsample") if b == 0 else None
-                blocks.append(Bottleneck(c1, c2, c3, ds))
+                    c1 = unit(in_ch, planes, 3, stride, dil, "conv1", dilation=dil)
+                    c2 = unit(planes, planes, 3, 1, dil_other, "conv2", dilation=dil_other)
+                    ds = unit(in_ch, out_ch, 1, stride, 0, "downsample") if needs_ds else None
+                    blocks.append(BasicBlock(c1, c2, ds))
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_features = in_ch
+        self.widths = tuple(p * expansion for p in planes_all)
+        self.stem_width = stem_w
         init_torchvision(self)
 
     # --- stages (StagedBackbone): ResNetStages; the taps follow LibMTL's MTAN split -----------
@@ -139,7 +172,8 @@ class ResNet50DilatedEncoder(ResNetStages):
 
     # --- what MTAN builds on it (LibMTL's _transform_resnet_MTAN) ----------------------------
     def attention_hidden(self, width: int) -> int:
-        """LibMTL: an attention module gating ``C`` channels has ``C / 4`` hidden channels."""
+        """LibMTL: an attention module gating ``C`` channels has ``C / 4`` hidden channels (the same
+        rule on the ResNet-18, a documented choice: LibMTL's MTAN exists for its ResNet-50 only)."""
         return width // EXPANSION
 
     def make_attention_block(self, in_ch: int, out_ch: int, track_running_stats: bool = True) -> nn.Module:
@@ -156,12 +190,38 @@ class ResNet50DilatedEncoder(ResNetStages):
         return list(self._units)
 
     def last_shared_layer(self) -> nn.Module:
-        """The last conv unit (1x1 conv -> BN) of the last bottleneck."""
-        return self.layer4[-1].conv3
+        """The last conv unit of the last block (a bottleneck's 1x1 conv3, a basic block's conv2)."""
+        last = self.layer4[-1]
+        return last.conv3 if hasattr(last, "conv3") else last.conv2
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.stem(x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class ResNet50DilatedEncoder(ResNetDilatedEncoder):
+    """Dilated ResNet-50 (CoNAL / LibMTL); ``forward`` returns ``(B, 2048 * width_mult, H/8, W/8)``."""
+
+    def __init__(self, make_unit, track_running_stats: bool = True, in_channels: int = 3, width_mult: float = 1.0):
+        super().__init__(make_unit, track_running_stats, in_channels, depth=50, width_mult=width_mult)
+
+
+class ResNet18DilatedEncoder(ResNetDilatedEncoder):
+    """Dilated ResNet-18 (GatedMTL's PASCAL-Context encoder); returns ``(B, 512 * width_mult, H/8, W/8)``."""
+
+    def __init__(self, make_unit, track_running_stats: bool = True, in_channels: int = 3, width_mult: float = 1.0):
+        super().__init__(make_unit, track_running_stats, in_channels, depth=18, width_mult=width_mult)
+
+
+def _build(encoder_cls, name: str, make_unit, kwargs: dict) -> Backbone:
+    pretrained = kwargs.pop("pretrained", None)
+    enc = encoder_cls(make_unit, **kwargs)
+    if pretrained is not None:
+        if kwargs.get("width_mult", 1.0) != 1.0:
+            raise ValueError(f"{name}: ImageNet weights exist for width_mult 1 only (got {kwargs['width_mult']})")
+        from ..pretrained import load_imagenet
+        load_imagenet(enc, name=name, weights=pretrained)
+    return Backbone(encoder=enc, feature_dim=enc.out_features, make_head=HeadFactory("aspp", enc.out_features))
 
 
 @BACKBONES.register("resnet50_dilated")
@@ -170,12 +230,16 @@ def build_resnet50_dilated(make_unit, **kwargs) -> Backbone:
     ``build_resnet50_dilated.pretrained_weights``) loads ImageNet weights into it. (A keyword
     argument, not a named default, so the fingerprint's resolved kwargs do not repeat the
     recipe's ``pretrained`` field.)"""
-    pretrained = kwargs.pop("pretrained", None)
-    enc = ResNet50DilatedEncoder(make_unit, **kwargs)
-    if pretrained is not None:
-        from ..pretrained import load_imagenet
-        load_imagenet(enc, name="resnet50", weights=pretrained)
-    return Backbone(encoder=enc, feature_dim=enc.out_features, make_head=HeadFactory("aspp", enc.out_features))
+    return _build(ResNet50DilatedEncoder, "resnet50", make_unit, kwargs)
+
+
+@BACKBONES.register("resnet18_dilated")
+def build_resnet18_dilated(make_unit, **kwargs) -> Backbone:
+    """The dilated ResNet-18 and its default ``aspp`` head factory (``pretrained`` as above)."""
+    return _build(ResNet18DilatedEncoder, "resnet18", make_unit, kwargs)
+
+
+build_resnet18_dilated.pretrained_weights = ("imagenet1k_v1",)
 
 
 build_resnet50_dilated.pretrained_weights = ("imagenet1k_v1",)  # what build_model(pretrained=) accepts

@@ -8,7 +8,10 @@ backbone's ``feature_dim`` (the channels of what its encoder returns). Registere
 * ``segnet`` (:mod:`.segnet_head`): MTAN's Conv3x3 -> Conv1x1 dense prediction layer on a
   ``(B, F, H, W)`` map - SegNet's default;
 * ``aspp`` (:mod:`.aspp`): LibMTL's DeepLab ``DeepLabHead`` (ASPP rates 12/24/36) upsampled
-  back to the input size - the dilated ResNet-50's default.
+  back to the input size - the dilated ResNet-50's default;
+* ``dpt`` (:mod:`.dpt`): DPT's decoder (fusion blocks, features 64) on a DPT encoder's four maps;
+* ``hrnet`` (:mod:`.hrnet_head`): Vandenhende's HighResolutionHead on the 270-channel concatenated
+  branches, upsampled x4 - hrnet18's default.
 
 Every backbone names its default head (``Backbone.make_head``); ``build_model(head=...)``
 replaces it by a registered one. Heads are built at construction only (a picklable
@@ -21,7 +24,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..registries import HEADS
-from . import aspp, linear, segnet_head  # noqa: F401  (register "aspp", "linear", "segnet")
+from . import aspp, dpt, hrnet_head, linear, segnet_head  # noqa: F401  (register the heads)
 
 __all__ = ["HEADS", "HeadFactory", "head_factory"]
 

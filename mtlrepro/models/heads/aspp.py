@@ -11,7 +11,10 @@ On a ``(B, F, h, w)`` map (F = 2048 from the dilated ResNet-50, output stride 8)
 * then (this project; LibMTL does it in its trainer's ``process_preds``) a bilinear upsampling,
   ``align_corners=True``, by ``upsample`` (the backbone's output stride, 8) back to the input
   size: ``(B, out_dim, 8h, 8w)``; equal to LibMTL's resize to the label size whenever the input
-  sides are multiples of 8 (288x384, 128x256 and the tiny profile's are).
+  sides are multiples of 8 (288x384, 128x256 and the tiny profile's are). ``align_corners=False``
+  is Vandenhende et al.'s resize (``models/models.py``: ``F.interpolate(..., mode='bilinear')``),
+  GatedMTL's setting; ``in_ch`` is the encoder's width (2048 for the dilated ResNet-50, 512 for the
+  ResNet-18).
 
 Parameters (:func:`aspp_head_params`): ``F C (5 + 27) + 5 C^2 + 9 C^2`` conv weights, seven BNs
 (``14 C``), the classifier ``C out_dim + out_dim``; F = 2048: 16,125,440 + 257 out_dim.
@@ -73,22 +76,23 @@ class DeepLabHead(nn.Module):
     """ASPP -> Conv3x3 -> BN -> ReLU -> Conv1x1(out_dim) -> bilinear x``upsample``."""
 
     def __init__(self, in_ch: int, out_dim: int, rates: Sequence[int] = (12, 24, 36), ch: int = 256,
-                 dropout: float = 0.5, upsample: int = 8):
+                 dropout: float = 0.5, upsample: int = 8, align_corners: bool = True):
         super().__init__()
         self.body = nn.Sequential(ASPP(in_ch, rates, ch, dropout), *_cbr(ch, ch, 3),
                                   nn.Conv2d(ch, out_dim, 1))
         self.upsample = int(upsample)
+        self.align_corners = bool(align_corners)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.body(x)
         if self.upsample == 1:
             return y
         size = (x.shape[-2] * self.upsample, x.shape[-1] * self.upsample)
-        return F.interpolate(y, size=size, mode="bilinear", align_corners=True)
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=self.align_corners)
 
 
 @HEADS.register("aspp")
 def aspp_head(in_ch: int, out_dim: int, **kwargs) -> DeepLabHead:
     """LibMTL's ``DeepLabHead(in_ch, out_dim)`` plus the upsampling (``rates``, ``ch``,
-    ``dropout``, ``upsample`` as :class:`DeepLabHead`)."""
+    ``dropout``, ``upsample``, ``align_corners`` as :class:`DeepLabHead`)."""
     return DeepLabHead(in_ch, out_dim, **kwargs)
