@@ -98,8 +98,11 @@ def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = Non
 
 def run_job(job: Job, data_root: str | None, device: str | None, results_root: Path | None,
             progress: bool = True) -> RunRecord | None:
-    """Run one job; any exception becomes a failed record so the sweep goes on."""
-    from .train import RunFailed, train_run
+    """Run one job; an exception of the run becomes a failed record so the sweep goes on. Bad data
+    (``DataError``) and faults of the machine (``EnvironmentFault``: full disk, read-only store,
+    unreadable checkpoint) are not failures of the run: they stop the sweep, nothing is stored, and
+    the job stays runnable."""
+    from .train import EnvironmentFault, RunFailed, train_run
 
     try:
         return train_run(job.recipe, job.seed, job.profile, data_root, device, results_root, progress)
@@ -107,7 +110,7 @@ def run_job(job: Job, data_root: str | None, device: str | None, results_root: P
         print(f"  FAILED {job.name}: {e}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - the sweep must go on; the record keeps the reason
         from .data.errors import DataError
-        if isinstance(e, DataError):
+        if isinstance(e, (DataError, EnvironmentFault)):
             raise
         from .store import environment
         from .train.trainer import pick_device
@@ -126,10 +129,13 @@ class InProcessLauncher:
     def __init__(self, device: str | None = None, progress: bool = True):
         self.device, self.progress = device, progress
 
-    def run(self, jobs: list[Job], data_root: str | None, results_root: Path | None = None) -> None:
+    def run(self, jobs: list[Job], data_root: str | None, results_root: Path | None = None) -> int:
+        """Returns how many jobs failed."""
+        failed = 0
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job.name}", file=sys.stderr)
-            run_job(job, data_root, self.device, results_root, self.progress)
+            failed += run_job(job, data_root, self.device, results_root, self.progress) is None
+        return failed
 
 
 class LocalMultiLauncher:
@@ -154,7 +160,10 @@ class LocalMultiLauncher:
             threads_per_worker = max(1, (os.cpu_count() or 1) // self.workers)
         self.threads = threads_per_worker
 
-    def run(self, jobs: list[Job], data_root: str | None, results_root: Path | None = None) -> None:
+    def run(self, jobs: list[Job], data_root: str | None, results_root: Path | None = None) -> int:
+        """Returns how many jobs failed (a worker's exit code, :func:`mtlrepro.worker.main`: 1 a
+        failed run, 2 bad data, 3 a fault of the machine, other: a crashed or killed worker, whose
+        job stays runnable). Bad data or a machine fault in any worker stops the sweep afterwards."""
         import json
         import os
         import queue
@@ -195,7 +204,16 @@ class LocalMultiLauncher:
                 slots.put(device)
 
         with ThreadPoolExecutor(self.workers) as pool:
-            list(pool.map(one, jobs))
+            codes = list(pool.map(one, jobs))
+        from .train import EnvironmentFault
+        if 3 in codes:
+            raise EnvironmentFault(f"{codes.count(3)} worker(s) stopped on a fault of the machine (disk full, "
+                                   "read-only folder, unreadable checkpoint; see their stderr above); their jobs "
+                                   "stay runnable")
+        if 2 in codes:
+            from .data.errors import DataError
+            raise DataError(f"{codes.count(2)} worker(s) stopped on bad or missing data (see their stderr above)")
+        return sum(c != 0 for c in codes)
 
 
 class SubmititLauncher:

@@ -43,10 +43,31 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600: records are as readable as other files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def set_aside(path: Path, why: str) -> Path | None:
+    """Rename an untrusted file ``<name>.corrupt-<UTC time>`` (never deleted) and warn, naming both."""
+    import datetime as _dt
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        aside = None
+    warnings.warn(f"{path}: {why}; {'set aside as ' + aside.name if aside else 'left in place'}, the job counts "
+                  "as not run", StaleRecordWarning)
+    return aside
 
 
 @dataclass
@@ -120,6 +141,17 @@ def load_run(path: Path) -> RunRecord:
     return RunRecord.from_dict(json.loads(path.read_text()))
 
 
+def _load_trusted(path: Path) -> RunRecord | None:
+    """A record, or None after setting aside a file that is not one (truncated, malformed)."""
+    try:
+        return RunRecord.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        set_aside(path, f"not a run record (invalid JSON: {e})")
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        set_aside(path, f"malformed run record ({type(e).__name__}: {e})")
+    return None
+
+
 class StaleRecordWarning(UserWarning):
     """A stored record that is not trusted (another schema version or fingerprint)."""
 
@@ -127,8 +159,14 @@ class StaleRecordWarning(UserWarning):
 def _check(path: Path, fingerprint: str, seed: int) -> RunRecord | None:
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except OSError as e:
         warnings.warn(f"{path}: unreadable run record ({e}); treated as missing", StaleRecordWarning)
+        return None
+    except json.JSONDecodeError as e:
+        set_aside(path, f"not a run record (invalid JSON: {e})")
+        return None
+    if not isinstance(raw, dict):
+        set_aside(path, f"not a run record (a JSON {type(raw).__name__})")
         return None
     if raw.get("schema_version") != SCHEMA_VERSION:
         warnings.warn(f"{path}: schema version {raw.get('schema_version')} != {SCHEMA_VERSION}; treated as "
@@ -138,7 +176,11 @@ def _check(path: Path, fingerprint: str, seed: int) -> RunRecord | None:
         warnings.warn(f"{path}: holds fingerprint {str(raw.get('fingerprint'))[:16]} seed {raw.get('seed')}, "
                       f"expected {fingerprint[:16]} seed {seed}; treated as missing", StaleRecordWarning)
         return None
-    return RunRecord.from_dict(raw)
+    try:
+        return RunRecord.from_dict(raw)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        set_aside(path, f"malformed run record ({type(e).__name__}: {e})")
+        return None
 
 
 def find_run(profile: str, recipe_id: str | None, fingerprint: str, seed: int, root: Path | None = None,
@@ -160,7 +202,9 @@ def iter_runs(profile: str | None = None, root: Path | None = None) -> Iterator[
     base = (root or RESULTS_DIR) / "runs"
     pattern = f"{profile}/*/*/seed*.json" if profile else "*/*/*/seed*.json"
     for path in sorted(base.glob(pattern)):
-        yield load_run(path)
+        rec = _load_trusted(path)
+        if rec is not None:
+            yield rec
 
 
 def git_sha() -> str:

@@ -73,7 +73,7 @@ def test_find_run_refuses_records_of_another_fingerprint_or_schema(tmp_path):
     with pytest.warns(StaleRecordWarning, match="schema"):
         assert find_run("tiny", r.id, r.fingerprint, 0, tmp_path) is None
     path.write_text("{not json")
-    with pytest.warns(StaleRecordWarning, match="unreadable"):
+    with pytest.warns(StaleRecordWarning, match="not a run record .invalid JSON.*set aside"):
         assert find_run("tiny", r.id, r.fingerprint, 0, tmp_path) is None
 
 

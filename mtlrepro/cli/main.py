@@ -2,7 +2,8 @@
 
 Each verb module exposes ``NAME``, ``HELP``, ``EPILOG`` (examples), ``add_arguments(parser)`` and
 ``run(args) -> int``. Errors meant for the user (unknown ids, missing data) print one clear
-message and exit 2 instead of a traceback.
+message and exit 2 instead of a traceback; a fault of the machine (full disk, read-only store) exits 3
+with the path it concerns, and nothing is stored for the job it interrupted.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..data.errors import DataError
     from ..registry import UnknownKeyError
+    from ..train.faults import EnvironmentFault
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownKeyError, DataError) as e:
         print(f"mtlrepro {args.verb}: {e}", file=sys.stderr)
         return 2
+    except EnvironmentFault as e:   # the machine, not the run: nothing stored, the job stays runnable
+        print(f"mtlrepro {args.verb}: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"mtlrepro {args.verb}: interrupted; finished runs are kept, re-run to resume",
               file=sys.stderr)

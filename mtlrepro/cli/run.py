@@ -42,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     todo, done, skipped = plan()
     print(f"{len(todo)} jobs to run, {len(done)} already stored (profile {args.profile})", file=sys.stderr)
-    todo, done, skipped = run_pipeline((todo, done, skipped), plan, lambda jobs: launcher.run(jobs, args.data_root))
+    failed: list[int] = []
+    todo, done, skipped = run_pipeline((todo, done, skipped), plan,
+                                       lambda jobs: failed.append(launcher.run(jobs, args.data_root) or 0))
     for r in skipped:
         print(f"not run ({r.status.replace('_', ' ')}): {r.id}", file=sys.stderr)
+    if sum(failed):
+        print(f"{sum(failed)} job(s) failed: their records say why (mtlrepro diff shows them; --retry-failed reruns)",
+              file=sys.stderr)
+        return 1
     return 0

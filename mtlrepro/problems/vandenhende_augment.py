@@ -43,9 +43,12 @@ Batched: the inverse of each sample's 2x3 matrix becomes an ``F.affine_grid`` th
 :math:`u = (2x+1)/w - 1`), one ``grid_sample`` for the bicubic maps (image + normals) and one for
 the nearest ones (labels shifted so that the zero padding lands on their border value), only over
 the samples whose draw is not the identity (those stay bit-exact, as ``warpAffine`` keeps them).
+A flip before a warp is folded into its theta (the source's :math:`u \to -u`); flipped samples
+with an identity draw are flipped exactly.
 Draws come from the CPU generator ``train_batches`` seeds by (seed, epoch, step). Not bit-identical
 to OpenCV: the cubic kernels agree (Keys, a = -0.75) but OpenCV interpolates on a 1/32-pixel
-table and the repo's ``astype(np.uint8)`` truncates (ToTensor L295) where this rounds; nearest
+table, and the repo's ``astype(np.uint8)`` (ToTensor L295) truncates and wraps the cubic overshoot
+where this rounds and clamps to 0..255; nearest
 ties at exact half-pixel sources (every sixth column at s = 1.2) may go either way (OpenCV: 1/1024
 pixel fixed point; torch: round half to even).
 """
@@ -125,56 +128,70 @@ class VandenhendeAugment:
         n, _, h, w = images.shape
         dev = images.device
         targets = list(targets)
-        if self.flip:
-            f = (torch.rand(n, generator=g) < 0.5).to(dev)
-            images = torch.where(f.view(-1, 1, 1, 1), images.flip(-1), images)
-            for i, (kind, y) in enumerate(zip(self.kinds, targets)):
-                fy = torch.where(f.view(-1, *([1] * (y.dim() - 1))), y.flip(-1), y)
-                if kind == "normals":
-                    sign = torch.where(f, -1.0, 1.0).to(fy.dtype).view(-1, 1, 1)
-                    fy = torch.stack([fy[:, 0] * sign, fy[:, 1], fy[:, 2]], dim=1)
-                targets[i] = fy
+        f = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         angle, scale = draw(self.rots, n, g, 0.0), draw(self.scales, n, g, 1.0)
-        moved = ((angle != 0) | (scale != 1)).nonzero()[:, 0]
+        moved_mask = (angle != 0) | (scale != 1)
+        still = (f & ~moved_mask).nonzero()[:, 0]
+        if len(still):   # flipped samples that ScaleNRotate leaves alone: an exact flip
+            j = still.to(dev)
+            images = images.index_copy(0, j, images[j].flip(-1))
+            for i, (kind, y) in enumerate(zip(self.kinds, targets)):
+                fy = y[j].flip(-1)
+                if kind == "normals":
+                    fy[:, 0].neg_()
+                targets[i] = y.index_copy(0, j, fy)
+        moved = moved_mask.nonzero()[:, 0]
         if len(moved) == 0:
             return images, targets
-        angle, scale, idx = angle[moved], scale[moved], moved.to(dev)
-        theta = affine_theta(rotation_matrices(angle, scale, h, w), h, w).to(dev, torch.float32)
-        grid = F.affine_grid(theta, [len(moved), 1, h, w], align_corners=False)
+        m, idx = len(moved), moved.to(dev)
+        take = (lambda t: t) if m == n else (lambda t: t[idx])
+        put = (lambda t, v: v) if m == n else (lambda t, v: t.index_copy(0, idx, v))
+        angle, scale, sign = angle[moved], scale[moved], torch.where(f[moved], -1.0, 1.0).to(torch.float64)
+        theta = affine_theta(rotation_matrices(angle, scale, h, w), h, w)
+        theta[:, 0] *= sign.view(-1, 1)   # a flip first: the source's u -> -u (align_corners=False)
+        grid = F.affine_grid(theta.to(dev, torch.float32), [m, 1, h, w], align_corners=False)
 
-        # bicubic: the image and the (rotated) normals in one call
+        # bicubic: the image and the normals (x negated if flipped, rotated in-plane) in one call
         ni = next((i for i, k in enumerate(self.kinds) if k == "normals"), None)
-        cubic = [images[idx].float()]
+        buf = torch.empty(m, 3 if ni is None else 6, h, w, device=dev)
+        buf[:, :3].copy_(take(images))
         if ni is not None:
-            cubic.append(_rotate_normals(targets[ni][idx].float(), angle.to(dev, torch.float32)))
-        out = F.grid_sample(torch.cat(cubic, 1), grid, mode="bicubic", padding_mode="zeros", align_corners=False)
-        images = images.index_copy(0, idx, out[:, :3].round().clamp(0, 255).to(images.dtype))
+            nrm = take(targets[ni]).float()
+            nrm[:, 0] *= sign.to(dev, torch.float32).view(-1, 1, 1)
+            buf[:, 3:] = _rotate_normals(nrm, angle.to(dev, torch.float32))
+        out = F.grid_sample(buf, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
+        images = put(images, out[:, :3].round_().clamp_(0, 255).to(images.dtype))
         if ni is not None:
-            nrm = out[:, 3:]
-            nrm = nrm / (nrm.norm(dim=1, keepdim=True) + _EPS)
-            targets[ni] = targets[ni].index_copy(0, idx, nrm.to(targets[ni].dtype))
+            nrm = out[:, 3:]   # FixedResize's renormalisation (norm(dim=1) is slow on CPU)
+            nrm = nrm / ((nrm[:, :1] ** 2 + nrm[:, 1:2] ** 2 + nrm[:, 2:] ** 2).sqrt_() + _EPS)
+            targets[ni] = put(targets[ni], nrm.to(targets[ni].dtype))
 
         # nearest: every other map in one call, shifted so that the zero padding is its border value
         near = [i for i, k in enumerate(self.kinds) if k != "normals"]
         if not near:
             return images, targets
-        parts = [(targets[i] if targets[i].dim() == 4 else targets[i][:, None])[idx].float()
-                 - KINDS[self.kinds[i]][1] for i in near]
-        out = F.grid_sample(torch.cat(parts, 1), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        chans = [targets[i].shape[1] if targets[i].dim() == 4 else 1 for i in near]
+        buf = torch.empty(m, sum(chans), h, w, device=dev)
         c = 0
-        for i, p in zip(near, parts):
+        for i, k in zip(near, chans):
+            buf[:, c:c + k].copy_(take(targets[i]).view(m, k, h, w))
+            if KINDS[self.kinds[i]][1]:
+                buf[:, c:c + k] -= KINDS[self.kinds[i]][1]
+            c += k
+        out = F.grid_sample(buf, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        c = 0
+        for i, k in zip(near, chans):
             kind, y = self.kinds[i], targets[i]
-            o = out[:, c:c + p.shape[1]] + KINDS[kind][1]
-            c += p.shape[1]
+            o = out[:, c:c + k] + KINDS[kind][1]
+            c += k
             if kind == "depth":
                 o = o / scale.to(dev, torch.float32).view(-1, 1, 1, 1)
             else:
-                o = o.round()
+                o = o.round_()
             if kind == "human_parts":   # AddIgnoreRegions: a map with no part pixel left is ignore
                 none = ~o.flatten(1).gt(0).any(1)
                 o = torch.where(none.view(-1, 1, 1, 1), torch.full_like(o, -1.0), o)
-            o = o.to(y.dtype)
-            targets[i] = y.index_copy(0, idx, o if y.dim() == 4 else o[:, 0])
+            targets[i] = put(y, o.to(y.dtype).view(y[:m].shape))
         return images, targets
 
 

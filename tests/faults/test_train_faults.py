@@ -95,3 +95,40 @@ def test_an_unreadable_checkpoint_is_an_environment_fault(tmp_path, monkeypatch)
     with pytest.raises(EnvironmentFault, match="cannot read the checkpoint"):
         load_checkpoint_or_set_aside(p)
     assert p.exists()
+
+
+def test_sweep_stops_on_a_full_disk_with_exit_3_and_the_next_sweep_completes_the_job(tmp_path, tiny_env,
+                                                                                     monkeypatch, capsys):
+    from mtlrepro.cli.main import main
+    monkeypatch.setattr("mtlrepro.store.RESULTS_DIR", tmp_path)
+    real = faults.save_checkpoint
+
+    def full(path, state):
+        def boom(obj, f):
+            raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
+        real(path, state, save=boom)
+
+    monkeypatch.setattr("mtlrepro.train.trainer.save_checkpoint", full)
+    rc = main(["run", RECIPE, "--profile", "tiny", "--seeds", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "Traceback" not in err and "could not write the checkpoint" in err
+    recipe = apply_profile(get_recipe(RECIPE), "tiny")
+    assert _stored(recipe, tmp_path) is None
+    monkeypatch.setattr("mtlrepro.train.trainer.save_checkpoint", real)
+    assert main(["run", RECIPE, "--profile", "tiny", "--seeds", "0", "--no-progress"]) == 0
+    assert _stored(recipe, tmp_path).status == "finished"
+    assert "1 jobs to run" in capsys.readouterr().err
+
+
+def test_run_exits_1_when_a_job_failed(tmp_path, tiny_env, monkeypatch, capsys):
+    from mtlrepro.cli.main import main
+    from mtlrepro.train.trainer import RunFailed
+    monkeypatch.setattr("mtlrepro.store.RESULTS_DIR", tmp_path)
+
+    def nan_loss(*a, **k):
+        raise RunFailed("non-finite training loss (nan) in epoch 1")
+
+    monkeypatch.setattr("mtlrepro.train.train_run", nan_loss)
+    rc = main(["run", RECIPE, "--profile", "tiny", "--seeds", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 job(s) failed" in err and "Traceback" not in err

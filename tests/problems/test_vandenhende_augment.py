@@ -71,9 +71,9 @@ def test_rotation_by_90_at_scale_1_is_rot90_with_nearest_labels():
     seg = (torch.arange(h * w).view(1, h, w) % 7).to(torch.int8)
     aug = VandenhendeAugment(["semseg_pascal"], [90.0], [1.0], flip=False)
     _, (out,) = aug(_blank(h, w), [seg], _gen())
-    # M maps (x, y) -> (y, 6 - x) about (w/2, h/2) = (3, 3): dst[y', x'] = src[6 - y', x']... i.e.
-    # rot90's out[i, j] = in[j, n - 1 - i] moved down one row (the centre is w/2, not (w-1)/2);
-    # row 0 comes from outside the image (border 0 = PASCAL background)
+    # M = [[0, 1, 0], [-1, 0, 6]] about (w/2, h/2) = (3, 3) maps (x, y) -> (y, 6 - x), so
+    # dst[i, j] = src[j, 6 - i] = rot90's out[i - 1, j] (rot90: out[i, j] = in[j, 5 - i]): rot90 moved
+    # down one row (the centre is w/2, not (w-1)/2); row 0 comes from outside (border 0 = background)
     want = torch.rot90(seg, 1, dims=(1, 2))
     assert torch.equal(out[0, 1:], want[0, :-1]) and bool((out[0, 0] == 0).all())
 
@@ -140,6 +140,31 @@ def test_bicubic_image_matches_a_written_out_cubic_warp():
                         val += _keys(sx - (x0 + i)) * _keys(sy - (y0 + j)) * src[:, yy, xx]
             want = np.clip(np.round(val), 0, 255)
             assert np.abs(out[0, :, y, x].numpy().astype(float) - want).max() <= 1
+
+
+def test_a_flip_folded_into_the_warp_equals_flipping_first():
+    """The repo flips (normals' x negated), then rotates/scales: the same as flip=False on the flipped input."""
+    h, w, b = 12, 16, 6
+    rng = np.random.default_rng(3)
+    img = torch.from_numpy(rng.integers(0, 256, (b, 3, h, w))).to(torch.uint8)
+    seg = torch.from_numpy(rng.integers(-1, 21, (b, h, w))).to(torch.int8)
+    n = torch.randn(b, 3, h, w, dtype=torch.float64)
+    n = (n / n.norm(dim=1, keepdim=True)).half()
+    aug = augment_for("pascal_mt", ["semseg", "normals"])
+    out_img, (out_seg, out_n) = aug(img, [seg, n], _gen(7))
+    g = _gen(7)                                                   # replay the draws: flip, angle, scale
+    f = torch.rand(b, generator=g) < 0.5
+    angle, scale = draw(aug.rots, b, g, 0.0), draw(aug.scales, b, g, 1.0)
+    assert 0 < int(f.sum()) < b
+    for i in range(b):
+        x, y, v = img[i:i + 1], seg[i:i + 1], n[i:i + 1].clone()
+        if f[i]:
+            x, y, v = x.flip(-1), y.flip(-1), v.flip(-1)
+            v[:, 0] = -v[:, 0]
+        one = VandenhendeAugment(["semseg_pascal", "normals"], [float(angle[i])], [float(scale[i])], flip=False)
+        wx, (wy, wv) = one(x, [y, v], _gen())
+        assert (out_img[i].int() - wx[0].int()).abs().max() <= 1 and torch.equal(out_seg[i], wy[0])
+        assert torch.allclose(out_n[i].float(), wv[0].float(), atol=2e-3)
 
 
 def test_zoom_maps_a_pixel_where_the_affine_formula_says_and_divides_depth():

@@ -7,8 +7,8 @@
 * ``resnet18_dilated`` (:mod:`.resnet_dilated`) - Vandenhende's dilated ResNet-18 (GatedMTL, PASCAL);
   both dilated ResNets take ``width_mult``;
 * ``resnet20`` (:mod:`.resnet_cifar`) - CIFAR-style ResNet-20, CelebA at 32x32 (GatedMTL Tables 7, 8);
-* ``dpt_vitb`` / ``dpt_vits`` (:mod:`.vit`) - timm's ViT-B/16 / ViT-S/16 with DPT's reassemble blocks
-  (GatedMTL Tables 3, 4); default head ``dpt`` (the per-task DPT decoder); not staged;
+* ``dpt_vitb`` / ``dpt_vits`` (:mod:`.vit`) - timm's ViT-B/16 / ViT-S/16 (384) for DPT, GatedMTL
+  Tables 3, 4 (default head ``dpt``: readout, reassemble and fusion per task); not staged;
 * ``hrnet18`` (:mod:`.hrnet`) - timm's HRNetV2-W18, NYUD (GatedMTL Table 1); unit-wise schemes only
   (not staged).
 

@@ -9,7 +9,8 @@ backbone's ``feature_dim`` (the channels of what its encoder returns). Registere
   ``(B, F, H, W)`` map - SegNet's default;
 * ``aspp`` (:mod:`.aspp`): LibMTL's DeepLab ``DeepLabHead`` (ASPP rates 12/24/36) upsampled
   back to the input size - the dilated ResNet-50's default;
-* ``dpt`` (:mod:`.dpt`): DPT's decoder (fusion blocks, features 64) on a DPT encoder's four maps;
+* ``dpt`` (:mod:`.dpt`): DPT's reassemble + fusion decoder on the ViT's (B, 8C, H/16, W/16) map,
+  output at the input size;
 * ``hrnet`` (:mod:`.hrnet_head`): Vandenhende's HighResolutionHead on the 270-channel concatenated
   branches, upsampled x4 - hrnet18's default.
 
