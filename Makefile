@@ -8,7 +8,8 @@ PY     := $(VENV)/bin/python
 PAPER  ?= etr_nlp
 PROFILE ?= full
 SEEDS  ?=
-DATA_ROOT ?= $(MTLREPRO_DATA)
+# DATA_ROOT: the CLI reads $MTLREPRO_DATA itself (the tiny profile refuses --data-root)
+DATA_ROOT ?=
 DEVICE ?=
 RUN_ARGS := --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(DEVICE),--device $(DEVICE))
 

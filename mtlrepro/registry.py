@@ -9,23 +9,34 @@ import difflib
 import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownKeyError(KeyError):
-    """A key that is not registered; the message suggests the closest ones."""
+class UnknownKeyError(UserError, KeyError):
+    """A key that is not registered; the message suggests the closest ones (``note``: one more
+    sentence, e.g. which files could not be read while listing the known keys)."""
 
-    def __init__(self, kind: str, key: str, known: list[str]):
+    def __init__(self, kind: str, key: str, known: list[str], note: str = ""):
         self.kind, self.key, self.known = kind, key, known
         close = difflib.get_close_matches(key, known, n=5, cutoff=0.4)
         if not close:  # fall back on prefix/substring matches ("table4" -> "etr_nlp/table4")
             close = [k for k in known if key.lower() in k.lower()][:5]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         listing = "" if len(known) > 40 else f" Known: {', '.join(sorted(known))}."
-        super().__init__(f"unknown {kind} {key!r}.{hint}{listing}")
+        super().__init__(f"unknown {kind} {key!r}.{hint}{listing}" + (f" {note}" if note else ""))
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]
+
+
+class Lazy:
+    """A registry entry built by ``load()`` on first :meth:`Registry.get` (e.g. a file read and
+    validated then, so that a broken file breaks only the lookups of its own name)."""
+
+    def __init__(self, load: Callable[[], object]):
+        self.load = load
 
 
 def load_target(target: str):
@@ -35,7 +46,8 @@ def load_target(target: str):
 
 
 class Registry(Generic[T]):
-    """Maps names to objects, or to lazy ``"module:attr"`` targets resolved on first use."""
+    """Maps names to objects, or to lazy ``"module:attr"`` targets or :class:`Lazy` loaders resolved
+    on first use (a loader that raises is tried again on the next use)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -62,6 +74,9 @@ class Registry(Generic[T]):
         obj = self._entries[name]
         if isinstance(obj, str) and ":" in obj:  # lazy "module:attr"
             obj = load_target(obj)
+            self._entries[name] = obj
+        elif isinstance(obj, Lazy):
+            obj = obj.load()
             self._entries[name] = obj
         return obj  # type: ignore[return-value]
 

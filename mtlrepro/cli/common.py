@@ -1,20 +1,81 @@
-"""Arguments shared by the verbs that run things."""
+"""Arguments shared by the verbs that run things, and their checks.
+
+A value argparse can check alone is a ``type=`` function that raises ``ArgumentTypeError`` (a
+usage error, exit 2). A combination of values is checked after parsing: a verb module's parser
+carries ``_check`` (set here with ``set_defaults``), which ``mtlrepro/cli/main.py`` calls and turns a
+:class:`~mtlrepro.errors.UsageError` into the verb's usage message, exit 2.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 
+from ..errors import UsageError
+
+TINY_DATA_ROOT = "--data-root is for the full profile; the tiny profile generates its own data"
+TINY_SUBSET = ("--allow-subset is for the full profile; the tiny profile's generated data has its own "
+               "split sizes")
+
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=os.environ.get("PROFILE", "full"), choices=["full", "tiny"],
                    help="full: the paper's schedule on the real data; tiny: minutes on generated data")
-    p.add_argument("--seeds", default=None,
+    p.add_argument("--seeds", default=None, type=seeds_argument,
                    help="comma-separated seeds (default: the recipe's; e.g. 0,1,2)")
-    p.add_argument("--data-root", default=None, help="dataset root (default: $MTLREPRO_DATA)")
+    add_data_root_argument(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
 
 
-def parse_seeds(text: str | None) -> list[int] | None:
-    if not text:
+def add_data_root_argument(p: argparse.ArgumentParser) -> None:
+    """``--data-root`` (full profile only: with ``--profile tiny`` a usage error, not ignored)."""
+    p.add_argument("--data-root", default=None,
+                   help="dataset root (default: $MTLREPRO_DATA); full profile only")
+    p.set_defaults(_check=check_run_arguments)
+
+
+def add_allow_subset_argument(p: argparse.ArgumentParser) -> None:
+    """``--allow-subset``: train on a dataset whose split sizes are not the official ones (the
+    loaders' ``expect="any"``, :func:`data_expect`); full profile only."""
+    p.add_argument("--allow-subset", action="store_true",
+                   help="accept split sizes other than the official ones (a subset or another version "
+                        "of the dataset); the run records the sizes it saw. Full profile only")
+    p.set_defaults(_check=check_run_arguments)
+
+
+def data_expect(args: argparse.Namespace) -> str:
+    """The data loaders' ``expect``: ``"any"`` with ``--allow-subset``, else ``"full"`` (the tiny
+    profile's builders use ``"any"`` whatever this says)."""
+    return "any" if getattr(args, "allow_subset", False) else "full"
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """Combinations argparse cannot reject alone: ``--data-root`` or ``--allow-subset`` with
+    ``--profile tiny`` (the tiny profile reads neither: silently ignoring them would run on data the
+    user did not mean)."""
+    if getattr(args, "profile", None) == "tiny":
+        if getattr(args, "data_root", None):
+            raise UsageError(TINY_DATA_ROOT)
+        if getattr(args, "allow_subset", False):
+            raise UsageError(TINY_SUBSET)
+
+
+def seeds_argument(text: str) -> list[int]:
+    """``--seeds`` as argparse's ``type``: ``0,1,2`` -> ``[0, 1, 2]``; anything else is a usage error."""
+    try:
+        seeds = parse_seeds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integer seeds, e.g. 0,1,2; got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected at least one seed, e.g. 0 or 0,1,2; got {text!r}")
+    return seeds
+
+
+def parse_seeds(text: str | list[int] | None) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; a list (``--seeds`` already parsed) is returned as it is; None or
+    ``""``: None (the recipe's seeds). A non-integer raises ``ValueError``."""
+    if text is None or text == "":
         return None
+    if isinstance(text, (list, tuple)):
+        return [int(s) for s in text]
     return [int(s) for s in str(text).replace(" ", "").split(",") if s != ""]

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from .common import add_data_root_argument
+
 NAME = "conflicts"
 MAX_PAIRS_PRINTED = 10   # 5 tasks; more pairs only in the JSON
 HELP = "ratio of negative cosine similarities between task gradients, per shared module (CoNAL Table 1)"
@@ -36,22 +38,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batches", type=int, default=None, help="stop after N batches (a partial pass)")
     p.add_argument("--bn-mode", default="train", choices=["train", "eval"],
                    help="BatchNorm statistics for the forwards (eval for --batch-size 1)")
-    p.add_argument("--data-root", default=None, help="dataset root (default: $MTLREPRO_DATA)")
+    add_data_root_argument(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
 
 
 def _overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as recipe fields (YAML values), each name and type checked."""
     import yaml
+
+    from ..errors import UsageError
+    from ..recipe import RecipeFieldError, check_fields
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"mtlrepro conflicts: --set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UsageError(f"--set {item}: the value is not valid YAML ({' '.join(str(e).split())})") from None
+    try:
+        return check_fields(out)
+    except RecipeFieldError as e:
+        raise UsageError(f"--set: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,11 +81,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe)
     over = _overrides(args.overrides)
     if over:
-        try:
-            recipe = recipe.with_overrides(**over)
-        except TypeError as e:
-            print(f"mtlrepro conflicts: --set: {e}", file=sys.stderr)
-            return 2
+        recipe = recipe.with_overrides(**over)
     recipe = apply_profile(recipe, args.profile)
     dev = pick_device(args.device)
     problem = build_problem(recipe, args.profile, args.data_root, dev)

@@ -21,8 +21,11 @@ def run(args: argparse.Namespace) -> int:
     from ..launch import resolve_recipes
     from ..recipe import recipe_registry
 
-    reg = recipe_registry()
-    recipes = resolve_recipes(args.target) if args.target else [reg.get(n) for n in reg.names()]
+    if args.target:     # reads that table's recipe file only
+        recipes = resolve_recipes(args.target)
+    else:
+        reg = recipe_registry()
+        recipes = [reg.get(n) for n in reg.names()]
     if args.json:
         print(json.dumps([dict(r.to_dict(), fingerprint=_fingerprint(r)) for r in recipes], indent=1))
         return 0

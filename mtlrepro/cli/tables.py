@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 NAME = "tables"
 HELP = "list the published tables in the registry"
@@ -19,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..tables import all_tables
 
-    tables = [t for t in all_tables() if not args.paper or t.paper == args.paper]
+    broken: list = []   # a broken table file is named after the list of the others (exit 2)
+    tables = [t for t in all_tables(broken) if not args.paper or t.paper == args.paper]
     items = [{"id": t.id, "paper": t.paper, "title": t.title, "caption": t.caption,
               "dataset": t.dataset, "backbone": t.backbone, "n_rows": len(t.rows),
               "n_cells": t.n_cells, "in_scope": t.in_scope,
@@ -30,4 +32,6 @@ def run(args: argparse.Namespace) -> int:
         print(tabulate([[i["id"], i["dataset"], i["backbone"] or "", i["n_rows"], i["n_cells"],
                          i["n_recipes"], "" if i["in_scope"] else "out of scope"] for i in items],
                        headers=["id", "dataset", "backbone", "rows", "cells", "recipes", ""]))
-    return 0
+    for e in broken:
+        print(f"mtlrepro tables: {e}", file=sys.stderr)
+    return 2 if broken else 0

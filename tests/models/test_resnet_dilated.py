@@ -3,6 +3,7 @@ own dilated ResNet-50, parameter counts against LibMTL's measured ones (REFERENC
 forward / backward, and the scheme / backbone contracts."""
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,7 @@ import torchvision
 from torch import nn
 
 from mtlrepro.models import BACKBONES, ConvBN, build_model, count_parameters
-from mtlrepro.models.backbones.resnet_dilated import RESNET50_ENCODER_PARAMS, ResNet50DilatedEncoder
+from mtlrepro.models.backbones.resnet_dilated import BLOCKS, RESNET50_ENCODER_PARAMS, ResNet50DilatedEncoder
 from mtlrepro.models.heads.aspp import DeepLabHead, aspp_head_params
 from mtlrepro.models.pretrained import map_to_units
 
@@ -268,3 +269,226 @@ def test_aspp_upsampling_follows_the_setting():
     y = van.body(x)
     torch.testing.assert_close(van(x), torch.nn.functional.interpolate(y, size=(32, 32), mode="bilinear"))
     assert not torch.allclose(van(x), lib(x))
+
+
+# --- resnet18_dilated: hand counts, every conv's geometry, strides, MTAN / cross-stitch, weights --
+
+def _r18_hand_count(w: tuple[int, int, int, int]) -> int:
+    """torchvision's ResNet-18 without fc, by hand: 7x7 stem, two BasicBlocks (two bias-free 3x3
+    convs + BN each) per stage, a 1x1 conv + BN projection in block 0 where the shape changes;
+    a BN has 2 learnable parameters per channel."""
+    total = 3 * w[0] * 49 + 2 * w[0]
+    c_in = w[0]
+    for c in w:
+        for b in range(2):
+            total += 9 * c_in * c + 2 * c + 9 * c * c + 2 * c
+            if b == 0 and c_in != c:
+                total += c_in * c + 2 * c
+            c_in = c
+    return total
+
+
+@pytest.mark.parametrize("mult", [1.0, 0.5, 0.25])
+def test_resnet18_dilated_params_by_hand(mult):
+    from mtlrepro.models.backbones.resnet_dilated import ResNet18DilatedEncoder
+    w = tuple(int(c * mult) for c in (64, 128, 256, 512))
+    enc = ResNet18DilatedEncoder(ConvBN, width_mult=mult)
+    assert count_parameters(enc.parameters()) == _r18_hand_count(w)
+    assert enc.widths == w and enc.out_features == w[-1] and len(enc.units()) == 20
+    if mult == 1.0:
+        assert _r18_hand_count(w) == 11_176_512
+
+
+def _r50_hand_count(p: tuple[int, int, int, int]) -> int:
+    """torchvision's ResNet-50 without fc, by hand (Bottleneck 1x1 -> 3x3 -> 1x1, expansion 4,
+    a 1x1 projection in every stage's block 0), for planes ``p`` (the stem has ``p[0]``)."""
+    total = 3 * p[0] * 49 + 2 * p[0]
+    c_in = p[0]
+    for planes, n in zip(p, BLOCKS):
+        out = 4 * planes
+        for b in range(n):
+            total += c_in * planes + 9 * planes * planes + planes * out + 2 * (2 * planes + out)
+            if b == 0:
+                total += c_in * out + 2 * out
+            c_in = out
+    return total
+
+
+@pytest.mark.parametrize("mult", [1.0, 0.5, 0.25])
+def test_resnet50_width_mult_params_by_hand(mult):
+    p = tuple(int(c * mult) for c in (64, 128, 256, 512))
+    enc = ResNet50DilatedEncoder(ConvBN, width_mult=mult)
+    assert count_parameters(enc.parameters()) == _r50_hand_count(p)
+    assert enc.out_features == 4 * p[-1]
+
+
+@pytest.mark.parametrize("mult, expected", [(0.5, (31_473_740, 43_259_020)), (0.25, (15_658_812, 18_620_764))])
+def test_nyud_width_mult_counts_keep_the_aspp_width(mult, expected):
+    """GatedMTL Table 7 right (NYUD, 3 tasks): encoder x ``mult``, the ASPP decoders read the
+    narrower map with their 256 channels (hand counts: encoder + aspp_head_params)."""
+    p = tuple(int(c * mult) for c in (64, 128, 256, 512))
+    dims = [40, 1, 3]
+    heads = sum(aspp_head_params(d, in_ch=4 * p[-1]) for d in dims)
+    assert (_r50_hand_count(p) + heads, 3 * _r50_hand_count(p) + heads) == expected
+    assert count_parameters(build_model("resnet50_dilated", "hard_sharing", dims, width_mult=mult)
+                            .parameters()) == expected[0]
+    # the other reading, ASPP channels x mult too, is the head's ``ch``
+    m = build_model("resnet50_dilated", "hard_sharing", dims, width_mult=mult, head="aspp",
+                    head_kwargs={"ch": int(256 * mult)})
+    ch_heads = sum(aspp_head_params(d, in_ch=4 * p[-1], ch=int(256 * mult)) for d in dims)
+    assert count_parameters(m.parameters()) == _r50_hand_count(p) + ch_heads
+
+
+def _tv_resnet18_dilated() -> nn.Module:
+    tv = torchvision.models.resnet18(weights=None)
+    tv.layer3.apply(lambda m: _nostride_dilate(m, 2))
+    tv.layer4.apply(lambda m: _nostride_dilate(m, 4))
+    return tv
+
+
+def test_resnet18_dilated_every_conv_as_vandenhendes_rule():
+    """Unit ``i`` is torchvision's conv ``i`` (state_dict order) after ``_nostride_dilate``:
+    same kernel, stride, dilation and padding; and by name, the rule as specified."""
+    from mtlrepro.models.backbones.resnet_dilated import ResNet18DilatedEncoder
+    enc = ResNet18DilatedEncoder(ConvBN)
+    tv = _tv_resnet18_dilated()
+    tv_convs = [m for m in tv.modules() if isinstance(m, nn.Conv2d)]
+    ours = [next(m for m in u.modules() if isinstance(m, nn.Conv2d)) for u in enc.units()]
+    assert len(ours) == len(tv_convs) == 20
+    geom = lambda c: (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.dilation, c.padding)  # noqa: E731
+    assert [geom(c) for c in ours] == [geom(c) for c in tv_convs]
+    conv = lambda u: next(m for m in u.modules() if isinstance(m, nn.Conv2d))  # noqa: E731
+    for layer, (d0, d) in ((enc.layer3, (1, 2)), (enc.layer4, (2, 4))):
+        assert conv(layer[0].conv1).stride == (1, 1) and conv(layer[0].conv1).dilation == (d0, d0)
+        assert conv(layer[0].conv2).dilation == (d, d) and conv(layer[1].conv1).dilation == (d, d)
+        assert conv(layer[1].conv2).dilation == (d, d) and conv(layer[1].conv2).padding == (d, d)
+        assert conv(layer[0].downsample).stride == (1, 1) and conv(layer[0].downsample).kernel_size == (1, 1)
+    assert conv(enc.layer2[0].conv1).stride == (2, 2) and conv(enc.layer2[0].conv1).dilation == (1, 1)
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (40, 56)])
+def test_resnet18_dilated_output_strides_and_staged_pass(hw):
+    from mtlrepro.models.backbones.resnet_dilated import ResNet18DilatedEncoder
+    torch.manual_seed(0)
+    enc = ResNet18DilatedEncoder(ConvBN, width_mult=0.25).double().eval()
+    x = torch.randn(1, 3, *hw, dtype=torch.float64)
+    with torch.no_grad():
+        feats, out = enc.forward_features(x), enc(x)
+    assert enc.widths == (16, 32, 64, 128) and enc.strides == (4, 8, 8, 8)
+    for f, w, s in zip(feats, enc.widths, enc.strides):
+        assert f.shape == (1, w, hw[0] // s, hw[1] // s)
+    torch.testing.assert_close(enc.readout(feats[-1]), out, rtol=0, atol=0)
+
+
+def test_mtan_on_resnet18_dilated_is_vandenhendes_mtan_float64():
+    """Vandenhende's ``models/mtan.py`` on a dilated ResNet-18 (``configs/pascal/resnet18/mtan.yml``):
+    AttentionLayer(C, C/4, C) on ``layer[:-1]``'s output, a shared Bottleneck refinement, a 2x2
+    max pool after layer1 only (``downsample: layer1``), written on the model's modules."""
+    torch.manual_seed(0)
+    m = build_model("resnet18_dilated", "mtan", [3, 1], width_mult=0.25).double().eval()
+    enc = m.encoder
+    x = torch.randn(1, 3, 32, 48, dtype=torch.float64)
+    with torch.no_grad():
+        h = enc.maxpool(enc.relu(enc.stem(x)))
+        first, last = [], []
+        for layer in (enc.layer1, enc.layer2, enc.layer3, enc.layer4):
+            f = layer[:-1](h)
+            h = layer[-1](f)
+            first.append(f), last.append(h)
+        ref = []
+        for t in range(2):
+            a = m.enc_att[t][0](first[0]) * last[0]
+            a = torch.nn.functional.max_pool2d(m.enc_block_att[0](a), 2, 2)
+            for i in (1, 2, 3):
+                a = m.enc_att[t][i](torch.cat([first[i], a], dim=1)) * last[i]
+                if i < 3:
+                    a = m.enc_block_att[i](a)
+            ref.append(m.heads[t](a))
+        out = m(x)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+
+
+def test_mtan_resnet18_dilated_params_by_hand():
+    def att(i, h, o):  # Conv1x1(bias) -> BN -> Conv1x1(bias) -> BN
+        return i * h + h + 2 * h + h * o + o + 2 * o
+
+    def bottleneck(i, o):  # Vandenhende's RefinementBlock: Bottleneck(i, o / 4), 1x1 conv + BN projection
+        p = o // 4
+        return i * p + 9 * p * p + p * o + i * o + 2 * (p + p + o + o)
+
+    w, dims = (64, 128, 256, 512), [21, 7, 1, 3, 1]
+    per_task = att(w[0], w[0] // 4, w[0]) + sum(att(2 * c, c // 4, c) for c in w[1:])
+    blocks = sum(bottleneck(w[s], w[s + 1]) for s in range(3))
+    heads = sum(aspp_head_params(d, in_ch=512) for d in dims)
+    m = build_model("resnet18_dilated", "mtan", dims)
+    assert count_parameters(m.parameters()) == _r18_hand_count(w) + heads + 5 * per_task + blocks
+
+
+def test_cross_stitch_on_resnet18_dilated_float64():
+    """A unit before layer2, layer3, layer4 (the scheme's rule); dense heads on the last map."""
+    torch.manual_seed(0)
+    m = build_model("resnet18_dilated", "cross_stitch", [3, 1], width_mult=0.25, mixing="matrix").double().eval()
+    with torch.no_grad():
+        for u in m.cross_stitch_units():
+            u.weight.uniform_(0.2, 1.2)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        xs = [net.maxpool(net.relu(net.stem(x))) for net in m.nets]
+        for s, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+            if s > 0:
+                xs = m.cs_enc[s - 1](xs)
+            xs = [getattr(net, name)(h) for net, h in zip(m.nets, xs)]
+        ref = [head(z) for head, z in zip(m.heads, xs)]
+        out = m(x)
+    assert [tuple(o.shape) for o in out] == [(1, 3, 32, 32), (1, 1, 32, 32)]
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # torch.hub.get_dir() reads TORCH_HOME
+    return tmp_path
+
+
+def test_resnet18_dilated_loads_a_torchvision_resnet18_file(torch_home, monkeypatch):
+    """A fake ``resnet18-<sha256 prefix>.pth`` (a random torchvision ResNet-18's state dict) in the
+    hub cache goes through the real loader; the tensors land where their names say."""
+    import hashlib
+    torch.manual_seed(3)
+    tv = torchvision.models.resnet18(weights=None)
+    for mod in tv.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    state = tv.state_dict()
+    ckpt = torch_home / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    raw = ckpt / "raw.pth"
+    torch.save(state, raw)
+    named = raw.with_name(f"resnet18-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.pth")
+    raw.rename(named)
+    seen = []
+    monkeypatch.setattr("mtlrepro.models.pretrained.weights_path",
+                        lambda name="resnet50", weights="IMAGENET1K_V1": seen.append(name) or named)
+    m = build_model("resnet18_dilated", "hard_sharing", [2, 1], pretrained="imagenet1k_v1")
+    assert seen == ["resnet18"]
+    enc = m.encoder
+    torch.testing.assert_close(enc.stem[0].weight, state["conv1.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(enc.layer3[0].conv1[0].weight, state["layer3.0.conv1.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(enc.layer3[0].downsample[1].running_var, state["layer3.0.downsample.1.running_var"],
+                               rtol=0, atol=0)
+    torch.testing.assert_close(enc.layer4[1].conv2[1].bias, state["layer4.1.bn2.bias"], rtol=0, atol=0)
+    assert len(enc.state_dict()) == len([k for k in state if not k.startswith("fc.")]) == 20 * 6
+
+
+def test_resnet18_dilated_missing_weights_name_the_file(torch_home):
+    from mtlrepro.data.errors import DataError
+    name = os.path.basename(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url)
+    with pytest.raises(DataError) as e:
+        build_model("resnet18_dilated", "hard_sharing", [1], pretrained="imagenet1k_v1")
+    msg = str(e.value)
+    assert str(torch_home / "hub" / "checkpoints" / name) in msg
+    assert "torchvision.models.resnet18(weights='IMAGENET1K_V1')" in msg

@@ -6,16 +6,23 @@ the initial pooling in the stem"), three stages of ``n = 3`` BasicBlocks (3x3 ->
 strides 1 / 2 / 2, global average pooling; ``6n + 2 = 20`` weighted layers with the linear heads.
 
 Shortcuts (``shortcut``): ``"A"`` (default) - He et al.'s CIFAR option A, the parameter-free
-identity that subsamples by 2 and zero-pads the new channels (what the paper's CIFAR ResNets and
-the common public ResNet-20 implementations use: 0.27M parameters at width 1); ``"B"`` - a 1x1
-conv + BN projection where the shape changes. GatedMTL does not say which; "A" is the choice.
+identity that subsamples by 2 and zero-pads the new channels (``akamaster/pytorch_resnet_cifar10``
+``resnet.py``, ``option='A'``: ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``,
+the common public ResNet-20; 0.27M parameters at width 1); ``"B"`` - a 1x1 conv + BN projection
+where the shape changes. GatedMTL does not say which, and its numbers cannot tell (below); "A" is
+the choice.
 
-Counts at 32x32, one network with its three linear heads, fvcore MACs (every op): option A 40.93 /
-10.44 / 2.71 M at width 1 / 0.5 / 0.25, option B 41.22 / 10.52 / 2.74 M (= REFERENCE's 41.2 / 10.5 /
-2.74 M, which were counted with projections); encoder parameters A 269,072 / 67,720 / 17,156, B
-271,824 / 68,456 / 17,364. GatedMTL prints 174 / 58 (STL / MTL, 3 tasks), 44.4 / 14.8 and 11.6 / 3.9
-MFLOPs: 1.41x fvcore at every width, a gap no standard convention explains (REFERENCE, open); FLOPs
-grow with the pixel count, so a 38x38 input (32 x sqrt(1.41)) would close it - the paper says 32x32.
+Counts (fvcore, ``tests/models/test_resnet_cifar.py``'s hand counts for the parameters): encoder
+parameters A 269,072 / 67,720 / 17,156, B 271,824 / 68,456 / 17,364 at width 1 / 0.5 / 0.25. fvcore
+MACs at 32x32, one network with its three linear heads (= MTL; STL = 3 networks): option A 40.93 /
+10.44 / 2.71 M (STL 122.8 / 31.3 / 8.14 M), option B 41.22 / 10.52 / 2.74 M (STL 123.7 / 31.5 /
+8.21 M; = REFERENCE's 41.2 / 10.5 / 2.74 M, counted with projections). GatedMTL prints MTL 58 / 14.8
+/ 3.9 and STL 174 / 44.4 / 11.6 MFLOPs: 1.407 x fvcore (B) or 1.417 x (A) at widths 1 and 0.5
+(1.41-1.44 at 0.25, the printed 3.9 has two digits), neither 1 x nor 2 x MACs; a gap no standard
+convention explains (REFERENCE, open). FLOPs grow with the pixel count, so ~32 x sqrt(1.41) = 38
+pixels a side would close it, but the strided convs round up: measured, 37x37 gives B 59.0 / 15.05
+/ 3.91 M (1.43 x 32x32's) and 38x38 60.1 / 15.3 / 3.98 M (1.46 x); no square input reproduces the
+printed cells exactly. The paper says 32x32; the model is not fitted to the printed counts.
 
 Every conv is built by ``make_unit(ConvSpec)`` (19 units with option A, 21 with B). Stages
 (:class:`~.protocol.StagedBackbone`): widths ``(16, 32, 64) * width_mult``, strides 1, 2, 4;

@@ -41,15 +41,37 @@ every other 3x3 dilation 2 / 4, the 1x1 projections stride 1. Encoder parameters
 (torchvision's resnet18 without fc); the encoder returns ``(B, 512, H/8, W/8)``, default head
 ``aspp`` on 512 channels. With five ASPP heads on PASCAL's 21/7/1/3/1 outputs hard sharing has
 34,795,873 parameters and the five single-task networks 79,501,921 (REFERENCE: 34.80M / 79.50M);
-fvcore at 512x512, 2 x MACs: 284.6 / 670.1 G (GatedMTL Table 5 prints 284 / 670).
+fvcore at 512x512, 2 x MACs: MTL 284.6 / STL 670.1 G (GatedMTL Table 5 prints 284 / 670).
+Vandenhende's ``models/models.py`` upsamples with ``F.interpolate(..., mode='bilinear')``, i.e.
+``align_corners=False``: the GatedMTL recipes pass the head's ``align_corners: false`` (the head's
+default stays LibMTL's True).
 
-``width_mult`` (GatedMTL Table 7 right, ResNet-50 at "Half" and "Quarter" width): every stage's
-planes (and the stem) times ``width_mult``, the ASPP heads reading the narrower features with their
-256 channels kept. The paper does not say what shrinks; fvcore at 480x640 (NYUD, 3 tasks, 2 x MACs)
-gives STL / MTL 415.4 / 297.3 G at half width (printed 415 / 296) and 177.5 / 147.5 G at quarter
-width (printed 177 / 147), parameters 43,259,020 / 31,473,740 and 18,620,764 / 15,658,812. The
-reading was chosen because these counts reproduce the printed ones: it is *fitted* (the recipes say
-so).
+MTAN on both (``attention_hidden`` / ``make_attention_block``): hidden ``C / 4`` and a stride-1
+Bottleneck of ``C_next / 4`` planes with a 1x1 conv -> BN projection between stages - LibMTL's
+``_transform_resnet_MTAN`` on the ResNet-50, and Vandenhende's ``models/mtan.py``
+(``AttentionLayer(C, C // 4, C)``, ``RefinementBlock``) on the ResNet-18 of
+``configs/pascal/resnet18/mtan.yml`` (2x2 max pool after layer1 only: the scheme's pool "where
+the sizes differ" on strides 4, 8, 8, 8).
+
+``width_mult`` (GatedMTL Table 7 right, ResNet-50 at "Half" and "Quarter" width, NYUD, 3 tasks of
+40 / 1 / 3 outputs at 480x640): every stage's planes (and the stem) times ``width_mult``, the ASPP
+heads reading the narrower ``2048 * width_mult`` features with their 256 channels kept (the
+default; the head's ``ch`` is the other reading). The paper does not say what shrinks. fvcore, 2 x
+MACs, STL / MTL:
+
+======  ============  ==============  =================  ===========================
+width   printed       encoder only    ASPP x mult too    parameters, encoder only
+======  ============  ==============  =================  ===========================
+1       1149 / 683    1152.3 / 683.8  (the same)         118,911,724 / 71,895,660
+0.5     415 / 296     415.4 / 297.3   289.8 / 171.6      43,259,020 / 31,473,740
+0.25    177 / 147     177.5 / 147.5   73.3 / 43.3        18,620,764 / 15,658,812
+======  ============  ==============  =================  ===========================
+
+Only the encoder-only reading reproduces the printed cells (within 0.4%); it was also the reading
+chosen before counting, but it is confirmed by (and so *fitted* to) these counts (the recipes say
+so). ``width_mult=1`` is the exact torchvision network (23,508,032 / 11,176,512 encoder parameters).
+Counted with ``build_model(..., "single_task" | "hard_sharing", [40, 1, 3], width_mult=m)`` and
+fvcore's ``FlopCountAnalysis`` on a ``(1, 3, 480, 640)`` input (STL: the sum of the 3 one-task passes).
 """
 from __future__ import annotations
 
@@ -172,13 +194,13 @@ class ResNetDilatedEncoder(ResNetStages):
 
     # --- what MTAN builds on it (LibMTL's _transform_resnet_MTAN) ----------------------------
     def attention_hidden(self, width: int) -> int:
-        """LibMTL: an attention module gating ``C`` channels has ``C / 4`` hidden channels (the same
-        rule on the ResNet-18, a documented choice: LibMTL's MTAN exists for its ResNet-50 only)."""
+        """An attention module gating ``C`` channels has ``C / 4`` hidden channels (LibMTL's MTAN
+        on the ResNet-50; Vandenhende's ``models/mtan.py`` on the ResNet-18 too)."""
         return width // EXPANSION
 
     def make_attention_block(self, in_ch: int, out_ch: int, track_running_stats: bool = True) -> nn.Module:
-        """LibMTL's ``_conv_layer``: a stride-1 Bottleneck of ``out_ch / 4`` planes with a 1x1
-        conv -> BN projection shortcut (bias-free convs)."""
+        """LibMTL's ``_conv_layer`` / Vandenhende's ``RefinementBlock``: a stride-1 Bottleneck of
+        ``out_ch / 4`` planes with a 1x1 conv -> BN projection shortcut (bias-free convs)."""
         planes = out_ch // EXPANSION
 
         def cbn(i: int, o: int, k: int) -> ConvBN:
