@@ -198,11 +198,15 @@ def test_local_multi_launcher_shares_cpu_cores_and_reports_crashed_workers(tmp_p
     from mtlrepro.launch import Job, LocalMultiLauncher
     assert LocalMultiLauncher(workers=2, devices=["cpu"]).threads == max(1, (os.cpu_count() or 1) // 2)
     assert LocalMultiLauncher(workers=2, devices=["cpu"], threads_per_worker=3).threads == 3
-    # a full-profile job without data: the worker exits non-zero, and its error reaches the user
+    # a full-profile job without data: the worker exits 2, its error reaches the user, and bad data
+    # stops the sweep (a DataError after the pool) without storing anything
+    from mtlrepro.data.errors import DataError
     job = Job(get_recipe("etr_nlp/table4/hard_sharing_g8"), 0, "full")
-    LocalMultiLauncher(workers=1, devices=["cpu"]).run([job], str(tmp_path / "no_data"), tmp_path / "r")
+    with pytest.raises(DataError, match="bad or missing data"):
+        LocalMultiLauncher(workers=1, devices=["cpu"]).run([job], str(tmp_path / "no_data"), tmp_path / "r")
+    assert not list((tmp_path / "r").rglob("*.json"))
     err = capsys.readouterr().err
-    assert "(exit 0)" not in err and "worker stderr" in err and "celeba" in err.lower()
+    assert "(exit 2)" in err and "worker stderr" in err and "celeba" in err.lower()
 
 
 def test_submitit_launcher_debug_cluster(tmp_path, tiny_env):
