@@ -129,7 +129,9 @@ Expected one of these layouts (<root> is the folder you pass):
     <root>/celeba/img_align_celeba/000001.jpg ... 202599.jpg   (178x218 JPEGs)
     <root>/celeba/list_attr_celeba.txt
     <root>/celeba/list_eval_partition.txt
-    (<root> may also be that celeba/ folder itself)
+    (<root> may also be that celeba/ folder itself; torchvision's CelebA class also opens
+    identity_CelebA.txt, list_bbox_celeba.txt and list_landmarks_align_celeba.txt there,
+    which mtlrepro does not read)
 
   official layout (the CelebA release: Img/, Anno/, Eval/):
     <root>/Img/img_align_celeba/000001.jpg ... 202599.jpg
@@ -275,16 +277,23 @@ def read_partition(path: str | Path) -> dict[str, int]:
     return out
 
 
-def _check_counts(counts: dict[str, int], files: CelebAFiles, expect: str) -> None:
+def _check_counts(counts: dict[str, int], files: CelebAFiles, expect: str,
+                  unpartitioned: list[str] | None = None) -> None:
+    """With ``expect="full"`` the split sizes must be the official ones (a partition file that
+    omits images would otherwise train on fewer images without a word)."""
     if expect != "full" or counts == CELEBA_SPLIT_SIZES:
         return
     found = " / ".join(f"{s} {counts[s]}" for s in SPLITS)
     want = " / ".join(f"{s} {CELEBA_SPLIT_SIZES[s]}" for s in SPLITS)
+    omitted = ""
+    if unpartitioned:
+        omitted = (f" {len(unpartitioned)} image(s) of the attribute file are in no split of the "
+                   f"partition file, e.g. {', '.join(unpartitioned[:3])}.")
     raise DataError(
         f"partition file {files.partition_file} (with {files.attr_file}) gives split sizes "
         f"{found} (total {sum(counts.values())}), expected {want} (total {CELEBA_NUM_IMAGES}) "
-        "for the full CelebA release. The files are incomplete or from another release; "
-        "for a subset or generated data pass expect='any'.", files.partition_file)
+        f"for the full CelebA release.{omitted} The files are incomplete or from another release; "
+        f"{_cache.SUBSET_HINT}.", files.partition_file)
 
 
 def _check_consistency(files: CelebAFiles, attr_files: list[str], part: dict[str, int]) -> None:
@@ -384,6 +393,8 @@ class CelebATensors:
     split: str
     filenames: list[str]
     cache_path: Path | None = field(default=None, compare=False)
+    cache_sha256: str = field(default="", compare=False)    # sha256 of the cache file read
+    source_sha256: str = field(default="", compare=False)   # sha256 of the source fingerprint
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -396,11 +407,29 @@ class CelebATensors:
 
 
 def _fingerprint(files: CelebAFiles) -> dict:
-    def stat(p: Path) -> dict:
-        st = p.stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return {"attr_file": stat(files.attr_file), "partition_file": stat(files.partition_file),
-            "image_count": len(os.listdir(files.image_dir))}
+    """What the cache is built from: the content hash of both text files, and every JPEG's name,
+    size and mtime plus the content of 16 of them (:func:`mtlrepro.data.cache.fingerprint_files`).
+    One ``scandir`` of the image folder (about a second for 202,599 files). Empty JPEGs (an
+    interrupted extraction, a full disk) are refused here, before any cache is touched."""
+    try:
+        with os.scandir(files.image_dir) as it:
+            stats = sorted((e.name, st.st_size, st.st_mtime_ns) for e in it
+                           if e.name.lower().endswith(".jpg") for st in [e.stat()])
+    except OSError as e:
+        raise DataError(f"cannot list image folder {files.image_dir} ({e}).", files.image_dir) from e
+    empty = _cache.empty_files(stats)
+    if empty:
+        raise DataError(
+            f"{len(empty)} of the {len(stats)} JPEGs in {files.image_dir} are empty (0 bytes), e.g. "
+            f"{', '.join(empty[:5])}: the extraction was interrupted or the disk filled up. Expected "
+            f"{CELEBA_IMAGE_SIZE[0]}x{CELEBA_IMAGE_SIZE[1]} JPEGs; re-extract img_align_celeba.zip "
+            "there.", files.image_dir / empty[0])
+    try:
+        return {"attr_file": _cache.text_fingerprint(files.attr_file),
+                "partition_file": _cache.text_fingerprint(files.partition_file),
+                "images": _cache.fingerprint_files(stats, files.image_dir)}
+    except OSError as e:
+        raise DataError(f"cannot read the CelebA files under {files.root} ({e}).", files.root) from e
 
 
 def _build(files: CelebAFiles, size: int, resize_mode: str, expect: str, num_workers: int,
@@ -411,7 +440,8 @@ def _build(files: CelebAFiles, size: int, resize_mode: str, expect: str, num_wor
     counts = {s: 0 for s in SPLITS}
     for sid in part.values():
         counts[SPLITS[sid]] += 1
-    _check_counts(counts, files, expect)  # fail before minutes of decoding
+    unpartitioned = [f for f in attr_files if f not in part]
+    _check_counts(counts, files, expect, unpartitioned)  # fail before minutes of decoding
     # rows grouped by split (train, val, test), attribute-file order inside each split, so a
     # split is a contiguous slice of the (memory-mapped) cache.
     order = [i for sid in range(3) for i, f in enumerate(attr_files) if part.get(f) == sid]
@@ -437,7 +467,7 @@ def load_celeba(root: str | Path, split: str, size: int = 64, resize_mode: str =
     """Load one split of CelebA as tensors, decoding all splits once into the cache.
 
     ``expect="full"`` insists on the official 162,770 / 19,867 / 19,962 split sizes;
-    ``"any"`` (tiny or generated data) only checks the files are consistent.
+    ``"any"`` (``--allow-subset``, tiny or generated data) only checks the files are consistent.
     ``verify`` re-hashes the cache file on load (about a second per GB).
     """
     if split not in SPLITS:
@@ -456,7 +486,8 @@ def load_celeba(root: str | Path, split: str, size: int = 64, resize_mode: str =
               "row_order": "split, then attribute-file order"}
     result = _cache.load_or_build(
         cache_dir, f"celeba_{size}_{resize_mode}", fingerprint=_fingerprint(files), params=params,
-        build=lambda: _build(files, size, resize_mode, expect, workers, progress), verify=verify)
+        build=lambda: _build(files, size, resize_mode, expect, workers, progress), verify=verify,
+        recheck=lambda: _fingerprint(files), source=files.root)
     p = result.payload
     counts = dict(zip(SPLITS, (int(c) for c in p["split_counts"])))
     _check_counts(counts, files, expect)  # the cache may have been built with expect="any"
@@ -465,4 +496,5 @@ def load_celeba(root: str | Path, split: str, size: int = 64, resize_mode: str =
     hi = lo + counts[split]
     return CelebATensors(images=p["images"][lo:hi], labels=p["labels"][lo:hi],
                          attr_names=list(p["attr_names"]), split=split,
-                         filenames=list(p["filenames"][lo:hi]), cache_path=result.data_path)
+                         filenames=list(p["filenames"][lo:hi]), cache_path=result.data_path,
+                         cache_sha256=result.sha256, source_sha256=result.source_sha256)

@@ -17,6 +17,9 @@ CITYSCAPES_CLASSES: tuple[str, ...] = ("flat", "construction", "object", "nature
                                        "human", "vehicle")
 CITYSCAPES_SPLIT_SIZES: dict[str, int] = {"train": 2975, "val": 500}
 CITYSCAPES_HW: tuple[int, int] = (128, 256)
+#: MTAN's depth is rescaled inverse depth, about 0..0.49: a file whose median on valid pixels exceeds
+#: 2 holds something else (disparity in pixels, or depth in metres: medians of 10 and more).
+CITYSCAPES_DEPTH_MEDIAN_MAX = 2.0
 
 CITYSCAPES = MtanSpec(
     name="cityscapes",
@@ -32,6 +35,9 @@ CITYSCAPES = MtanSpec(
               "label_2/ and label_19/ may stay; they are not read."),
     hw_hints=(((256, 512), "This is MTAN's 256x512 Cityscapes (cityscapes.zip); the papers use "
                            "the 128x256 version (cityscapes2.zip)."),),
+    depth_median_max=CITYSCAPES_DEPTH_MEDIAN_MAX,
+    depth_unit_hint=(" MTAN's Cityscapes depth is its rescaled inverse depth (about 0..0.49), not "
+                     "disparity in pixels nor depth in metres: use the depth/ folder of cityscapes2.zip."),
 )
 
 EXPECTED_LAYOUT = expected_layout(CITYSCAPES)

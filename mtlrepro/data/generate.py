@@ -12,6 +12,17 @@ import numpy as np
 
 from mtlrepro.data.celeba import CELEBA_ATTRIBUTES, CELEBA_IMAGE_SIZE
 
+#: Bumped when a generator writes different files; :func:`mtlrepro.problems.paths.ensure_tiny`
+#: regenerates a tiny copy made by an older version (2: CelebA's identity, bbox and landmark files).
+GENERATOR_VERSION = 2
+
+#: Header line 2 of ``list_bbox_celeba.txt`` and ``list_landmarks_align_celeba.txt``.
+CELEBA_BBOX_HEADER = "image_id x_1 y_1 width height"
+CELEBA_LANDMARK_HEADER = ("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x "
+                          "leftmouth_y rightmouth_x rightmouth_y")
+#: Mean aligned landmarks (x, y) in the 178x218 crops: left eye, right eye, nose, mouth corners.
+_CELEBA_LANDMARKS = ((69, 111), (108, 111), (89, 136), (72, 152), (106, 152))
+
 #: The generated CelebA draws attribute k into grid cell (row k // 5, column k % 5).
 CELEBA_GRID: tuple[int, int] = (8, 5)  # rows, columns
 
@@ -43,6 +54,8 @@ def generate_celeba(root: str | Path, n_train: int = 48, n_val: int = 16, n_test
     double spaces), ``list_eval_partition.txt`` (``000001.jpg 0``; train, then val, then
     test) and 178x218 RGB JPEGs (quality 90) named 000001.jpg, ... in
     ``<root>/celeba/`` (layout "torchvision") or ``<root>/{Img,Anno,Eval}/`` ("official").
+    Beside them the three annotation files torchvision's ``CelebA`` also opens, in the release's
+    formats (:func:`write_celeba_extras`), so that it reads the same root.
 
     Label rule (so that tiny runs can learn): the image is a mid-grey canvas split into an
     8 x 5 grid; attribute k owns cell (k // 5, k % 5) (see :func:`celeba_cell_box`). Label 1
@@ -90,7 +103,40 @@ def generate_celeba(root: str | Path, n_train: int = 48, n_val: int = 16, n_test
     lines += [f"{names[i]} " + " ".join(f"{1 if v else -1:2d}" for v in labels[i]) for i in range(n)]
     attr_file.write_text("\n".join(lines) + "\n")
     part_file.write_text("".join(f"{names[i]} {splits[i]}\n" for i in range(n)))
+    write_celeba_extras(attr_file.parent, names, seed)
     return root
+
+
+def write_celeba_extras(folder: str | Path, names: list[str], seed: int = 0) -> None:
+    """``identity_CelebA.txt``, ``list_bbox_celeba.txt`` and ``list_landmarks_align_celeba.txt``
+    in ``folder``, in the formats of the CelebA release as torchvision's ``datasets/celeba.py``
+    parses them (``csv.reader(delimiter=" ", skipinitialspace=True)``, so no trailing blanks):
+
+    * identity: no header, ``000001.jpg 2880`` (an identity id per image);
+    * bbox: the image count, ``image_id x_1 y_1 width height``, then
+      ``000001.jpg    95  71 226 313`` (box in the in-the-wild image, right-aligned columns);
+    * landmarks: the image count, the 10 column names, then
+      ``000001.jpg    69  109  106  113   77  142   73  152  108  154`` (x, y of eyes, nose and
+      mouth corners in the aligned 178x218 crop).
+
+    Values are plausible draws (a separate generator, so images and labels do not change);
+    nothing in mtlrepro reads them.
+    """
+    folder = Path(folder)
+    rng = np.random.default_rng(10_000 + seed)
+    n = len(names)
+    ident = rng.integers(1, 10_178, size=n)
+    box = np.stack([rng.integers(20, 400, n), rng.integers(20, 300, n),
+                    rng.integers(100, 500, n), rng.integers(120, 600, n)], axis=1)
+    marks = np.array(_CELEBA_LANDMARKS).reshape(-1)[None] + rng.integers(-4, 5, size=(n, 10))
+    (folder / "identity_CelebA.txt").write_text("".join(f"{f} {i}\n" for f, i in zip(names, ident)))
+    (folder / "list_bbox_celeba.txt").write_text(
+        f"{n}\n{CELEBA_BBOX_HEADER}\n"
+        + "".join(f"{f} {b[0]:5d} {b[1]:3d} {b[2]:3d} {b[3]:3d}\n" for f, b in zip(names, box)))
+    (folder / "list_landmarks_align_celeba.txt").write_text(
+        f"{n}\n{CELEBA_LANDMARK_HEADER}\n"
+        + "".join(f"{f} {m[0]:5d}" + "".join(f" {v:4d}" for v in m[1:]) + "\n"
+                  for f, m in zip(names, marks)))
 
 
 # --------------------------------------------------------------------------- MTAN .npy (dense)

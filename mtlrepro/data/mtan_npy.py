@@ -20,8 +20,11 @@ What this module does, once per split:
   with ``expect="full"`` N is the official split size;
 * when the cache is (re)built: the header of **every** file (shape, dtype; read without loading
   the array) before anything is read, then the values of **every** file as it is loaded
-  (image in [0, 1], labels integer in {-1, 0..C-1}, depth >= 0, normals in [-1, 1], all
-  finite). Each problem is a :class:`DataError` naming the file and what was expected there.
+  (image in [0, 1], labels integer in {-1, 0..C-1}, depth >= 0 with a plausible median for the
+  dataset's unit -- NYUv2 metres at most 20, Cityscapes disparity at most 2 --, normals in [-1, 1]
+  of median length 0.9..1.1 on valid pixels and, over the split, with some negative component --
+  not (n + 1) / 2 --, all finite; :mod:`mtlrepro.data.vandenhende_io`). Each problem is a
+  :class:`DataError` naming the file and what was expected there.
 
 The cache (:mod:`mtlrepro.data.cache`, one ``<dataset>_<split>.pt`` + manifest) holds CHW
 tensors:
@@ -36,7 +39,6 @@ tensors:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ import numpy as np
 import torch
 
 from mtlrepro.data import cache as _cache
+from mtlrepro.data import vandenhende_io as vio
 from mtlrepro.data.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -55,8 +58,9 @@ LAYOUTS: tuple[str, ...] = ("plain", "low_res")
 #: Tolerance on value ranges: resampled images/normals may overshoot [0, 1] / [-1, 1] by a
 #: hair; 0..255 images, mean/std-normalised images or 0..1-encoded normals still fail.
 VALUE_TOL = 0.05
-#: Bump when the cached tensors change meaning (forces a rebuild of every cache).
-CACHE_VERSION = 1
+#: Bump when the cached tensors change meaning (forces a rebuild of every cache; 2: the unit-length,
+#: sign and depth-scale checks, so caches built without them are read again).
+CACHE_VERSION = 2
 
 _NPY_NAME = re.compile(r"^(0|[1-9][0-9]*)\.npy$")
 
@@ -76,6 +80,9 @@ class MtanSpec:
     download: str
     #: other (H, W) found in the wild -> a hint (e.g. MTAN's 256x512 Cityscapes)
     hw_hints: tuple[tuple[tuple[int, int], str], ...] = ()
+    #: a depth file whose median on valid pixels exceeds this is in other units (None: no check)
+    depth_median_max: float | None = None
+    depth_unit_hint: str = ""
 
     @property
     def n_classes(self) -> int:
@@ -246,9 +253,17 @@ def list_split(spec: MtanSpec, files: MtanFiles, split: str, expect: str = "full
                             f"to {max(idx)}, and MTAN's loader reads 0.npy .. {n - 1}.npy.",
                             d / f"{gap}.npy")
         counts[sub] = n
-        stats = sorted((e.name, st.st_size, st.st_mtime_ns) for e in entries for st in [e.stat()])
-        fp[sub] = {"count": n, "bytes": sum(s for _, s, _ in stats),
-                   "stat_sha1": hashlib.sha1(repr(stats).encode()).hexdigest()}
+        try:
+            stats = sorted(((e.name, st.st_size, st.st_mtime_ns) for e in entries for st in [e.stat()]),
+                           key=lambda t: int(t[0][:-4]))
+            empty = _cache.empty_files(stats)
+            if empty:
+                raise DataError(f"{d / empty[0]} is empty (0 bytes; {len(empty)} of the {n} files in {d} "
+                                "are): the copy was interrupted or the disk filled up. Re-extract the "
+                                f"archive; expected {spec.describe(sub)}.", d / empty[0])
+            fp[sub] = {"count": n, **_cache.fingerprint_files(stats, d, sample=4)}
+        except OSError as e:
+            raise DataError(f"cannot read the files in {d} ({e}).", d) from e
     if len(set(counts.values())) > 1:
         found = ", ".join(f"{sub}/ {c}" for sub, c in counts.items())
         raise DataError(f"{sdir}: the subfolders hold different numbers of samples ({found}); "
@@ -260,8 +275,7 @@ def list_split(spec: MtanSpec, files: MtanFiles, split: str, expect: str = "full
         sizes = " / ".join(f"{s} {c}" for s, c in spec.full_counts)
         raise DataError(f"{sdir} holds {n} samples, expected {want} for the full {spec.title} "
                         f"{split} split (MTAN's release: {sizes}). The copy is incomplete or "
-                        f"another version; for a subset or generated data pass expect='any'."
-                        f"\n{layout_text}", sdir)
+                        f"another version; {_cache.SUBSET_HINT}.\n{layout_text}", sdir)
     return SplitListing(split, sdir, n, fp)
 
 
@@ -293,8 +307,9 @@ def _value_error(path: Path, sub: str, spec: MtanSpec, what: str) -> DataError:
     return DataError(f"{path}: {what}; expected {spec.describe(sub)}.", path)
 
 
-def _check_values(spec: MtanSpec, path: Path, sub: str, a: np.ndarray) -> None:
-    """Value checks of one loaded file (vectorised, a few ms per file)."""
+def _check_values(spec: MtanSpec, path: Path, sub: str, a: np.ndarray) -> tuple[bool, bool] | None:
+    """Value checks of one loaded file (vectorised, a few ms per file); for normals returns (has
+    valid vectors, one has a negative component) for the split-level sign check."""
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise _value_error(path, sub, spec, f"{int((~np.isfinite(a)).sum())} values are NaN or inf")
     if sub == "image":
@@ -315,14 +330,18 @@ def _check_values(spec: MtanSpec, path: Path, sub: str, a: np.ndarray) -> None:
         if lo < 0:
             raise _value_error(path, sub, spec, f"{int((a < 0).sum())} values are negative "
                                f"(minimum {lo:.4g})")
+        if spec.depth_median_max is not None:
+            vio.check_depth_scale(a, path, spec.describe(sub), spec.depth_median_max, spec.depth_unit_hint)
     elif sub == "normal":
         m = float(np.abs(a).max())
         if m > 1 + VALUE_TOL:
             raise _value_error(path, sub, spec, f"components reach {m:.4g} in magnitude (unit "
                                "normals have components in [-1, 1])")
+        return vio.check_unit_normals(a, path, spec.describe(sub))
+    return None
 
 
-def _load_file(spec: MtanSpec, path: Path, sub: str) -> np.ndarray:
+def _load_file(spec: MtanSpec, path: Path, sub: str, signs: np.ndarray | None = None) -> np.ndarray:
     try:
         a = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
@@ -330,7 +349,9 @@ def _load_file(spec: MtanSpec, path: Path, sub: str) -> np.ndarray:
                         "archive.", path) from e
     if a.shape != spec.shape(sub):  # the header was checked; this catches truncated files
         raise DataError(f"{path} has shape {a.shape}, expected {spec.shape(sub)}.", path)
-    _check_values(spec, path, sub, a)
+    found = _check_values(spec, path, sub, a)
+    if signs is not None and found is not None:
+        signs[:] = found
     return a
 
 
@@ -350,6 +371,7 @@ def _build(spec: MtanSpec, listing: SplitListing, num_workers: int, progress: bo
     labels = torch.empty((n, h, w), dtype=torch.int8)
     depth = torch.empty((n, 1, h, w), dtype=torch.float32)
     normals = torch.empty((n, 3, h, w), dtype=torch.float32) if spec.has_normals else None
+    signs = np.zeros((n, 2), dtype=bool)  # per file: has valid normals, one has a negative component
 
     def work(lo: int, hi: int) -> int:
         for i in range(lo, hi):
@@ -361,13 +383,16 @@ def _build(spec: MtanSpec, listing: SplitListing, num_workers: int, progress: bo
             dep = _load_file(spec, folder / "depth" / name, "depth")
             depth[i].copy_(torch.from_numpy(dep).permute(2, 0, 1))
             if normals is not None:
-                nor = _load_file(spec, folder / "normal" / name, "normal")
+                nor = _load_file(spec, folder / "normal" / name, "normal", signs[i])
                 normals[i].copy_(torch.from_numpy(nor).permute(2, 0, 1))
         return hi - lo
 
     # threads: np.load's file reads and the numpy checks release the GIL; rows are written in place
     _cache.fill_in_chunks(n, work, chunk=64, num_workers=num_workers,
                           desc=f"{spec.title} {listing.split}: reading .npy", unit="sample", progress=progress)
+    if normals is not None:  # over the split: some normal must point the negative way
+        vio.check_normals_signed(signs[:, 0], signs[:, 1], [folder / "normal" / f"{i}.npy" for i in range(n)],
+                                 folder / "normal", spec.describe("normal"))
     payload = {"images": images, "labels": labels, "depth": depth,
                "source_dtypes": [f"{sub}:{'/'.join(sorted(dtypes[sub]))}" for sub in spec.subdirs]}
     if normals is not None:
@@ -396,6 +421,8 @@ class DenseTensors:
     layout: str                          # "plain" | "low_res"
     source_dtypes: list[str] = field(default_factory=list)
     cache_path: Path | None = field(default=None, compare=False)
+    cache_sha256: str = field(default="", compare=False)    # sha256 of the cache file read
+    source_sha256: str = field(default="", compare=False)   # sha256 of the source fingerprint
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -433,11 +460,17 @@ def load_mtan(spec: MtanSpec, root: str | Path, split: str, cache_dir: str | Pat
     params = {"dataset": spec.name, "version": CACHE_VERSION, "hw": list(spec.hw),
               "subdirs": list(spec.subdirs), "images": "float16 CHW", "labels": "int8 (-1 ignore)",
               "depth": "float32 CHW", "normals": "float32 CHW" if spec.has_normals else None}
+
+    def recheck() -> dict:
+        return {**fingerprint, "folders": list_split(spec, files, split, expect).fingerprint}
+
     result = _cache.load_or_build(
         cache_dir, f"{spec.name}_{split}", fingerprint=fingerprint, params=params,
-        build=lambda: _build(spec, listing, workers, progress), verify=verify)
+        build=lambda: _build(spec, listing, workers, progress), verify=verify,
+        recheck=recheck, source=listing.folder)
     p = result.payload
     return DenseTensors(images=p["images"], labels=p["labels"], depth=p["depth"],
                         normals=p.get("normals"), split=split, dataset=spec.name,
                         class_names=spec.class_names, base=files.base, layout=files.layout,
-                        source_dtypes=list(p["source_dtypes"]), cache_path=result.data_path)
+                        source_dtypes=list(p["source_dtypes"]), cache_path=result.data_path,
+                        cache_sha256=result.sha256, source_sha256=result.source_sha256)

@@ -26,7 +26,10 @@ exist for every id whatever tasks are trained; so does this reader. What it does
   as the repo accepts them); stored as uint8 0 / 1.
 
 Every file is checked when the cache is built (decodable, shape 480x640 as its image, values:
-labels integer in 0..40, depth finite >= 0, normals finite within [-1, 1], edges finite >= 0);
+labels integer in 0..40, depth finite >= 0 with a median of at most 20 on valid pixels -- metres,
+not millimetres --, normals finite within [-1, 1] with a median length in 0.9..1.1 on valid
+pixels and, over the split, some negative component -- not (n + 1) / 2 --, edges finite >= 0;
+:mod:`mtlrepro.data.vandenhende_io`);
 every problem is a :class:`DataError` naming the file and what was expected, and nothing is
 cached from a failed read. The cache (:mod:`mtlrepro.data.cache`) holds the split at the
 training resolution ``hw``: the native 480x640 (no resampling) or, for smoke runs, a smaller
@@ -66,8 +69,9 @@ NYUD_FILES: dict[str, tuple[str, str]] = {
     "normals": (".npy", "480x640x3 float surface normals, all-zero = invalid"),
     "edge": (".npy", "480x640 (or 480x640x1) edge map with values 0 / 1"),
 }
-#: Bump when the cached tensors change meaning.
-CACHE_VERSION = 1
+#: Bump when the cached tensors change meaning (2: the unit / sign / depth-scale checks, so caches
+#: built without them are read again).
+CACHE_VERSION = 2
 
 EXPECTED_LAYOUT = "\n".join([
     "Expected Vandenhende et al.'s NYUD_MT (NYUD_MT.tgz of SimonVandenhende/Multi-Task-Learning-PyTorch)",
@@ -94,7 +98,7 @@ def _hw2(a: np.ndarray, path: Path, what: str) -> np.ndarray:
 def _read_sample(paths: dict[str, Path]) -> dict[str, np.ndarray]:
     """One sample's arrays at 480x640, checked; raises DataError naming the file."""
     what = {d: w for d, (_, w) in NYUD_FILES.items()}
-    img = vio.read_rgb(paths["images"])
+    img = vio.read_rgb(paths["images"], what["images"])
     if img.shape[:2] != NYUD_HW:
         raise DataError(f"{paths['images']} is {img.shape[1]}x{img.shape[0]} (width x height), "
                         f"expected 640x480 ({what['images']}).", paths["images"])
@@ -113,6 +117,8 @@ def _read_sample(paths: dict[str, Path]) -> dict[str, np.ndarray]:
     if depth.min() < 0:
         raise DataError(f"{paths['depth']}: {int((depth < 0).sum())} negative values (minimum "
                         f"{float(depth.min()):.4g}); expected {what['depth']}.", paths["depth"])
+    vio.check_depth_scale(depth, paths["depth"], what["depth"], vio.METRIC_DEPTH_MEDIAN_MAX,
+                          vio.MILLIMETRE_HINT)
     normals = vio.read_npy(paths["normals"], what["normals"])
     vio.check_hw(normals, paths["normals"], NYUD_HW, what["normals"], channels=3)
     vio.check_finite(normals, paths["normals"], what["normals"])
@@ -120,12 +126,14 @@ def _read_sample(paths: dict[str, Path]) -> dict[str, np.ndarray]:
         raise DataError(f"{paths['normals']}: components reach {float(np.abs(normals).max()):.4g} in "
                         f"magnitude; expected {what['normals']} (unit vectors, components in [-1, 1]).",
                         paths["normals"])
+    signs = vio.check_unit_normals(normals, paths["normals"], what["normals"])
     edge = _hw2(vio.read_npy(paths["edge"], what["edge"]), paths["edge"], what["edge"])
     vio.check_finite(edge, paths["edge"], what["edge"])
     if edge.min() < 0:
         raise DataError(f"{paths['edge']}: values from {float(edge.min()):.4g} to {float(edge.max()):.4g}; "
                         f"expected {what['edge']} (non-negative; binarised at 0.5).", paths["edge"])
-    return {"image": img, "semseg": seg, "depth": depth, "normals": normals, "edge": edge}
+    return {"image": img, "semseg": seg, "depth": depth, "normals": normals, "edge": edge,
+            "normals_signs": signs}
 
 
 def _build(ids: list[str], paths: dict[str, list[Path]], hw: tuple[int, int], num_workers: int,
@@ -136,10 +144,12 @@ def _build(ids: list[str], paths: dict[str, list[Path]], hw: tuple[int, int], nu
     depth = torch.empty((n, 1, h, w), dtype=torch.float32)
     normals = torch.empty((n, 3, h, w), dtype=torch.float16)
     edge = torch.empty((n, h, w), dtype=torch.uint8)
+    signs = np.zeros((n, 2), dtype=bool)  # per file: has valid normals, one has a negative component
 
     def work(lo: int, hi: int) -> int:
         for i in range(lo, hi):
             s = _read_sample({d: paths[d][i] for d in NYUD_FILES})
+            signs[i] = s["normals_signs"]
             images[i] = vio.resize_image(s["image"], hw)
             seg = s["semseg"].astype(np.int16) - 1          # 0 -> -1 (ignore), k -> k - 1
             semseg[i] = vio.resize_nearest(seg, hw, torch.int8)
@@ -150,6 +160,8 @@ def _build(ids: list[str], paths: dict[str, list[Path]], hw: tuple[int, int], nu
 
     _cache.fill_in_chunks(n, work, chunk=32, num_workers=num_workers, desc=desc, unit="sample",
                           progress=progress)
+    vio.check_normals_signed(signs[:, 0], signs[:, 1], paths["normals"], paths["normals"][0].parent,
+                             NYUD_FILES["normals"][1])
     return {"images": images, "semseg": semseg, "depth": depth, "normals": normals, "edge": edge}
 
 
@@ -177,15 +189,17 @@ def load_nyud_mt(root: str | Path, split: str, hw: tuple[int, int] = NYUD_HW,
     hw = (int(hw[0]), int(hw[1]))
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _cache.default_cache_dir(base, "nyud_mt")
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
-    fp = vio.fingerprint(base, [p for d in NYUD_FILES for p in paths[d]], ids)
+    fp = vio.fingerprint(base, paths, ids, ids_file)
     params = {"dataset": "nyud_mt", "version": CACHE_VERSION, "hw": list(hw), "split": split,
               "images": "uint8 CHW", "semseg": "int8 (-1 ignore)", "depth": "float32 (0 invalid)",
               "normals": "float16 unit (0 invalid)", "edge": "uint8 0/1"}
     result = _cache.load_or_build(
         cache_dir, f"nyud_mt_{split}_{hw[0]}x{hw[1]}", fingerprint=fp, params=params, verify=verify,
-        build=lambda: _build(ids, paths, hw, workers, progress, f"NYUD_MT {split}: decoding"))
+        build=lambda: _build(ids, paths, hw, workers, progress, f"NYUD_MT {split}: decoding"),
+        recheck=lambda: vio.fingerprint(base, paths, ids, ids_file), source=base)
     p = result.payload
     return vio.MultiTaskTensors(
         images=p["images"], targets={k: p[k] for k in ("semseg", "depth", "normals", "edge")},
         ids=ids, split=split, dataset="nyud_mt", root=base, hw=hw,
-        info={"native_hw": list(NYUD_HW)}, cache_path=result.data_path)
+        info={"native_hw": list(NYUD_HW)}, cache_path=result.data_path,
+        cache_sha256=result.sha256, source_sha256=result.source_sha256)

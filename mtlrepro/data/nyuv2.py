@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mtlrepro.data import vandenhende_io as vio
 from mtlrepro.data.mtan_npy import DenseTensors, MtanSpec, expected_layout, load_mtan
 
 #: The 13 classes in index order. ASSUMPTION (names only; indices are what is trained and
@@ -33,6 +34,8 @@ NYUV2 = MtanSpec(
               "https://github.com/lorenmt/mtan; unzip it into <root>."),
     hw_hints=(((480, 640), "480x640 is NYUv2's raw resolution; MTAN's preprocessed files are "
                            "288x384 (nyuv2.zip). Vandenhende's NYUD format is another dataset."),),
+    depth_median_max=vio.METRIC_DEPTH_MEDIAN_MAX,   # metres: a median above 20 is millimetres
+    depth_unit_hint=vio.MILLIMETRE_HINT,
 )
 
 EXPECTED_LAYOUT = expected_layout(NYUV2)

@@ -30,8 +30,9 @@ id (the repo asserts it whatever tasks are trained). Per task, the repo's rule, 
 
 Labels, edges and saliency are resized with nearest, the image bicubic
 (:mod:`mtlrepro.data.vandenhende_io`). Every file is checked when the cache is built (decodable;
-image-sized; semseg values in 0..20 or 255; LabelMap integer >= 0; part names known; normals
-RGB; saliency one channel) and every problem is a :class:`DataError` naming the file and what
+image-sized; semseg values in 0..20 or 255; LabelMap a 2-D integer array >= 0; part names known
+and the PASCAL-Part struct's fields present; normals RGB, decoding to vectors of median length
+0.5..1.5 on the valid classes; saliency one channel) and every problem is a :class:`DataError` naming the file and what
 was expected; nothing is cached from a failed read. ``.mat`` files are read with
 ``scipy.io.loadmat`` (scipy is needed at runtime for this dataset).
 
@@ -87,7 +88,12 @@ PASCAL_FILES: dict[str, tuple[str, str]] = {
     "normals_distill": (".png", "RGB PNG of the image's size, normal = 2 x / 255 - 1"),
     "sal_distill": (".png", "one-channel PNG of the image's size, saliency = x / 255 > 0.5"),
 }
-CACHE_VERSION = 1
+#: Bump when the cached tensors change meaning (2: the distilled normals' length check).
+CACHE_VERSION = 2
+#: Decoded distilled normals (2 x / 255 - 1) on valid classes: the median length must lie in this
+#: band. Lenient (unit vectors quantised to 8 bits have length 1 +- 0.01), so only files that are no
+#: normal map at all fail: a black or white image (length 1.73), a grey one (about 0).
+DISTILLED_NORM_BAND: tuple[float, float] = (0.5, 1.5)
 
 EXPECTED_LAYOUT = "\n".join([
     "Expected Vandenhende et al.'s PASCAL_MT (PASCAL_MT.tgz of SimonVandenhende/Multi-Task-Learning-PyTorch)",
@@ -120,9 +126,13 @@ def _label_map(path: Path, hw: tuple[int, int]) -> np.ndarray:
         raise DataError(f"{path} has no variable 'LabelMap' (it holds {keys}); expected "
                         f"{_what('pascal-context/trainval')}.", path)
     lab = np.asarray(mat["LabelMap"])
-    vio.check_hw(lab, path, hw, _what("pascal-context/trainval"))
     if lab.dtype.kind not in "biuf":
-        raise DataError(f"{path}: LabelMap has dtype {lab.dtype}; expected integer class ids >= 0.", path)
+        raise DataError(f"{path}: LabelMap has dtype {lab.dtype} (shape {lab.shape}); expected a 2-D "
+                        f"integer array of class ids >= 0, {hw[0]} x {hw[1]} like its image.", path)
+    if lab.ndim != 2:
+        raise DataError(f"{path}: LabelMap has shape {lab.shape}, expected {tuple(hw)} (a 2-D integer "
+                        "array of class ids >= 0, the image's height x width).", path)
+    vio.check_hw(lab, path, hw, _what("pascal-context/trainval"))
     vio.check_finite(lab, path, "integer class ids >= 0")
     if (lab < 0).any() or (lab != np.round(lab)).any():
         raise DataError(f"{path}: LabelMap holds values other than integer class ids >= 0.", path)
@@ -131,7 +141,7 @@ def _label_map(path: Path, hw: tuple[int, int]) -> np.ndarray:
 
 def _read_sample(p: dict[str, Path]) -> dict[str, np.ndarray]:
     """One sample's arrays at the image's resolution, checked; DataError names the file."""
-    img = vio.read_rgb(p["JPEGImages"])
+    img = vio.read_rgb(p["JPEGImages"], _what("JPEGImages"))
     hw = img.shape[:2]
     sp = p["semseg/pascal-context"]
     seg = vio.read_png(sp, _what("semseg/pascal-context"))
@@ -146,15 +156,25 @@ def _read_sample(p: dict[str, Path]) -> dict[str, np.ndarray]:
     lab = _label_map(p["pascal-context/trainval"], hw)
     mat = vio.read_mat(p["human_parts"], _what("human_parts"))
     parts, has_person = human_parts_from_mat(mat, p["human_parts"], hw)
-    nrm = vio.read_png(p["normals_distill"], _what("normals_distill"))
-    vio.check_hw(nrm, p["normals_distill"], hw, _what("normals_distill"), channels=3)
+    np_ = p["normals_distill"]
+    nrm = vio.read_png(np_, _what("normals_distill"))
+    if nrm.ndim != 3 or nrm.shape[2] != 3:
+        chans = 1 if nrm.ndim == 2 else nrm.shape[2]
+        raise DataError(f"{np_} is not an RGB PNG: it has {chans} channel(s) (shape {nrm.shape}; a grey, "
+                        f"palette or RGBA image); expected {_what('normals_distill')}.", np_)
+    vio.check_hw(nrm, np_, hw, _what("normals_distill"), channels=3)
     if nrm.dtype != np.uint8:
-        raise DataError(f"{p['normals_distill']} has {nrm.dtype} values; expected 8-bit RGB.",
-                        p["normals_distill"])
+        raise DataError(f"{np_} has {nrm.dtype} values; expected 8-bit RGB.", np_)
     normals = 2.0 * nrm.astype(np.float32) / 255.0 - 1.0
     normals[~np.isin(lab, NORMALS_VALID_CLASSES)] = 0.0
-    sal = vio.read_png(p["sal_distill"], _what("sal_distill"))
-    vio.check_hw(sal, p["sal_distill"], hw, _what("sal_distill"))
+    vio.check_unit_normals(normals, np_, _what("normals_distill") + " (decoded on the classes with "
+                           "distilled normals)", band=DISTILLED_NORM_BAND)
+    sp_ = p["sal_distill"]
+    sal = vio.read_png(sp_, _what("sal_distill"))
+    if sal.ndim != 2:
+        raise DataError(f"{sp_} has shape {sal.shape}, expected {tuple(hw)}: a one-channel (grey) PNG "
+                        f"of the image's size, not {sal.shape[2]} channels.", sp_)
+    vio.check_hw(sal, sp_, hw, _what("sal_distill"))
     if sal.dtype != np.uint8:
         raise DataError(f"{p['sal_distill']} has {sal.dtype} values; expected an 8-bit grey PNG.",
                         p["sal_distill"])
@@ -220,7 +240,7 @@ def load_pascal_mt(root: str | Path, split: str, hw: tuple[int, int] = PASCAL_HW
     hw = (int(hw[0]), int(hw[1]))
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _cache.default_cache_dir(base, "pascal_mt")
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
-    fp = vio.fingerprint(base, [q for d in PASCAL_FILES for q in paths[d]], ids)
+    fp = vio.fingerprint(base, paths, ids, ids_file)
     params = {"dataset": "pascal_mt", "version": CACHE_VERSION, "hw": list(hw), "split": split,
               "normals_valid_classes": len(NORMALS_VALID_CLASSES), "images": "uint8 CHW",
               "semseg": "int8 (-1 ignore)", "human_parts": "int8 (-1 ignore, all -1 without parts)",
@@ -228,9 +248,11 @@ def load_pascal_mt(root: str | Path, split: str, hw: tuple[int, int] = PASCAL_HW
               "normals": "float16 unit (0 invalid)"}
     result = _cache.load_or_build(
         cache_dir, f"pascal_mt_{split}_{hw[0]}x{hw[1]}", fingerprint=fp, params=params, verify=verify,
-        build=lambda: _build(ids, paths, hw, workers, progress, f"PASCAL_MT {split}: decoding"))
+        build=lambda: _build(ids, paths, hw, workers, progress, f"PASCAL_MT {split}: decoding"),
+        recheck=lambda: vio.fingerprint(base, paths, ids, ids_file), source=base)
     p = result.payload
     return vio.MultiTaskTensors(
         images=p["images"], ids=ids, split=split, dataset="pascal_mt", root=base, hw=hw,
         targets={k: p[k] for k in ("semseg", "human_parts", "saliency", "normals", "edge")},
-        info={"has_person": p["has_person"], "source_hw": p["source_hw"]}, cache_path=result.data_path)
+        info={"has_person": p["has_person"], "source_hw": p["source_hw"]}, cache_path=result.data_path,
+        cache_sha256=result.sha256, source_sha256=result.source_sha256)

@@ -53,9 +53,38 @@ _LAYOUT = ("a PASCAL-Part annotation: struct 'anno' (fields imname, objects), ob
            "array with fields part_name, mask; or empty)")
 
 
+#: The struct fields read, by position as the repo reads them (names as PASCAL-Part writes them).
+ANNO_FIELDS: tuple[str, ...] = ("imname", "objects")
+OBJECT_FIELDS: tuple[str, ...] = ("class", "class_ind", "mask", "parts")
+
+
+def _check_fields(arr, want: tuple[str, ...], what: str, path: Path) -> None:
+    """A struct array written with field names (``scipy.io.loadmat``'s record arrays) must have
+    ``want`` in that order at the positions the repo indexes."""
+    names = getattr(getattr(arr, "dtype", None), "names", None)
+    if names is None:
+        return  # not a record array: the positional reads below report it
+    names = tuple(names)
+    missing = [f for f in want if f not in names]
+    if missing:
+        raise DataError(f"{path}: the struct {what} has fields {', '.join(names) or 'none'}; missing "
+                        f"{', '.join(missing)}. Expected {_LAYOUT}.", path)
+    if names[:len(want)] != want:
+        raise DataError(f"{path}: the struct {what} has fields {', '.join(names)}; expected "
+                        f"{', '.join(want)} first, in that order (they are read by position). "
+                        f"Expected {_LAYOUT}.", path)
+
+
 def _objects(mat: dict, path: Path) -> np.ndarray:
+    if "anno" not in mat:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise DataError(f"{path} is not a PASCAL-Part annotation: it has no variable 'anno' (it holds "
+                        f"{keys}). Expected {_LAYOUT}.", path)
     try:
-        objects = mat["anno"][0][0][1][0]
+        anno = mat["anno"]
+        _check_fields(anno, ANNO_FIELDS, "'anno'", path)
+        objects = anno[0][0][1][0]
+        _check_fields(objects, OBJECT_FIELDS, "'objects'", path)
         for obj in objects:
             _ = obj[1], obj[2], obj[3]
     except (KeyError, IndexError, TypeError, ValueError) as e:

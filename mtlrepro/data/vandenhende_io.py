@@ -19,11 +19,16 @@ transform at test time):
 
 A size equal to the source size is the identity (``cv2.resize`` copies), except for the
 normals' renormalisation, which the repo applies at every size.
+
+Plausibility checks (run per file while a cache is built, shared with :mod:`mtlrepro.data.mtan_npy`)
+catch realistic mis-encodings with a message saying what was seen: normals that are not unit length
+(median length outside 0.9..1.1 on valid pixels), normals with no negative component anywhere in a
+split (stored as (n + 1) / 2), depth whose valid median exceeds the dataset's metric range
+(millimetres instead of metres).
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +37,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtlrepro.data.cache import SUBSET_HINT
 from mtlrepro.data.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "val")
 EXPECT_MODES: tuple[str, ...] = ("full", "any")
 #: Tolerance on normal components (|n_i| <= 1 + tol): resampled normals may overshoot a hair.
 NORMALS_TOL = 0.05
+#: Unit normals: the median length of a file's valid (non-zero) vectors must lie in this band
+#: (resampling shortens vectors at boundaries only, so the median of real normals is ~1).
+UNIT_NORM_BAND: tuple[float, float] = (0.9, 1.1)
+#: Depth in metres (NYUv2 / NYUD: Kinect, about 0.5 .. 10 m): a file whose median valid depth
+#: exceeds this is in other units (millimetres give medians in the thousands).
+METRIC_DEPTH_MEDIAN_MAX = 20.0
+MILLIMETRE_HINT = " That is millimetres, not metres: divide the depth by 1000."
 
 
 @dataclass
@@ -57,6 +70,8 @@ class MultiTaskTensors:
     hw: tuple[int, int]
     info: dict[str, Any] = field(default_factory=dict)
     cache_path: Path | None = field(default=None, compare=False)
+    cache_sha256: str = field(default="", compare=False)    # sha256 of the cache file read
+    source_sha256: str = field(default="", compare=False)   # sha256 of the source fingerprint
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -106,8 +121,9 @@ def check_count(n: int, split: str, sizes: dict[str, int], path: Path, title: st
         raise ValueError(f"expect must be one of {', '.join(EXPECT_MODES)}, got {expect!r}")
     if expect == "full" and n != sizes[split]:
         raise DataError(f"{path} lists {n} samples, expected {sizes[split]} for the full {title} "
-                        f"{split} split ({' / '.join(f'{s} {c}' for s, c in sizes.items())}). For a "
-                        f"subset or generated data pass expect='any'.\n{layout}", path)
+                        f"{split} split ({' / '.join(f'{s} {c}' for s, c in sizes.items())}). The "
+                        f"split file is incomplete or from another version; {SUBSET_HINT}.\n{layout}",
+                        path)
 
 
 def require_files(paths: list[Path], what: str, layout: str) -> None:
@@ -119,28 +135,39 @@ def require_files(paths: list[Path], what: str, layout: str) -> None:
                             f"missing.\n{layout}", p)
 
 
-def fingerprint(base: Path, paths: list[Path], ids: list[str]) -> dict:
-    """Counts, bytes and a hash of (name, size, mtime) of ``paths`` plus the id list."""
-    stats = []
-    for p in paths:
-        st = os.stat(p)
-        stats.append((str(p.relative_to(base)), st.st_size, st.st_mtime_ns))
-    blob = repr((ids, stats)).encode()
-    return {"n": len(ids), "files": len(paths), "bytes": sum(s for _, s, _ in stats),
-            "stat_sha1": hashlib.sha1(blob).hexdigest()}
+def fingerprint(base: Path, paths: dict[str, list[Path]], ids: list[str], split_file: Path) -> dict:
+    """What a cache is built from: the split file's content hash, and per folder the names,
+    sizes and mtimes of its files plus the content of a few of them
+    (:func:`mtlrepro.data.cache.fingerprint_files`). An empty (0-byte) file is refused here."""
+    from mtlrepro.data import cache as _cache
+    out: dict = {"n": len(ids), "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()}
+    try:
+        out["split_file"] = _cache.text_fingerprint(split_file)
+        for folder, ps in paths.items():
+            stats = _cache.stat_files(ps, base)
+            empty = _cache.empty_files(stats)
+            if empty:
+                raise DataError(f"{base / empty[0]} is empty (0 bytes; {len(empty)} of {len(ps)} files "
+                                f"in {base / folder} are): the copy was interrupted or the disk filled "
+                                "up. Extract the archive again.", base / empty[0])
+            out[folder] = _cache.fingerprint_files(stats, base, sample=4)
+    except OSError as e:
+        raise DataError(f"cannot read the dataset files under {base} ({e}).", base) from e
+    return out
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path, what: str = "an RGB JPEG") -> np.ndarray:
     """H x W x 3 uint8 (the repo: ``Image.open(p).convert('RGB')``)."""
     from PIL import Image
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot decode {path} as an image ({e}); the file is corrupt.", path) from e
+        raise DataError(f"cannot decode {path} as an image ({e}); the file is corrupt (expected {what}): "
+                        "extract the archive again.", path) from e
 
 
 def read_png(path: Path, what: str) -> np.ndarray:
@@ -188,6 +215,58 @@ def check_finite(a: np.ndarray, path: Path, what: str) -> None:
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise DataError(f"{path}: {int((~np.isfinite(a)).sum())} values are NaN or inf; "
                         f"expected {what}.", path)
+
+
+# --------------------------------------------------------------------------- plausibility
+# Value checks that catch realistic mis-encodings (shared with mtlrepro.data.mtan_npy). Each runs
+# once per file while a cache is built (one reduction, a few ms), never when a cache is reused.
+
+
+def check_unit_normals(n: np.ndarray, path: Path, what: str,
+                       band: tuple[float, float] = UNIT_NORM_BAND) -> tuple[bool, bool]:
+    """H x W x 3 normals must be unit vectors where they are valid (not all-zero): the median of
+    ``|n_p|`` over the valid pixels ``p`` must lie in ``band``. Returns (the file has valid vectors,
+    one of them has a negative component), for :func:`check_normals_signed` over the split."""
+    v = np.asarray(n, dtype=np.float32).reshape(-1, 3)
+    sq = np.einsum("ij,ij->i", v, v)
+    valid = sq > 0
+    if not valid.any():
+        return False, False
+    negative = bool((v[valid] < 0).any())
+    med = float(np.sqrt(np.median(sq[valid])))
+    lo, hi = band
+    if not lo <= med <= hi:
+        hint = "" if negative else (" No component is negative, as in normals stored as (n + 1) / 2 "
+                                    "in [0, 1]: store n = 2 x - 1.")
+        raise DataError(f"{path}: the normals' median length on valid (non-zero) pixels is {med:.3g}; "
+                        f"expected unit vectors (length 1, median {lo:g}..{hi:g} accepted).{hint} "
+                        f"Expected {what}.", path)
+    return True, negative
+
+
+def check_normals_signed(has_valid: np.ndarray, has_negative: np.ndarray, paths: list[Path],
+                         folder: Path, what: str) -> None:
+    """Over a split: some valid normal must have a negative component (a scene's surfaces face
+    both ways along x and y). None at all means normals stored as (n + 1) / 2 in [0, 1]."""
+    has_valid, has_negative = np.asarray(has_valid, bool), np.asarray(has_negative, bool)
+    if has_valid.any() and not has_negative[has_valid].any():
+        first = paths[int(np.flatnonzero(has_valid)[0])]
+        raise DataError(f"{folder}: no normal in the {int(has_valid.sum())} file(s) with valid pixels "
+                        f"has a negative component (all of x, y, z >= 0, e.g. in {first}); surface "
+                        "normals of a scene point both ways, so these look stored as (n + 1) / 2 in "
+                        f"[0, 1]: store n = 2 x - 1. Expected {what}.", first)
+
+
+def check_depth_scale(d: np.ndarray, path: Path, what: str, max_median: float, hint: str) -> None:
+    """The median of the valid (> 0) depth values must be at most ``max_median``."""
+    d = np.asarray(d)
+    valid = d > 0
+    if not valid.any():
+        return
+    med = float(np.median(d[valid]))
+    if med > max_median:
+        raise DataError(f"{path}: the median depth on valid (non-zero) pixels is {med:.4g}, expected at "
+                        f"most {max_median:g} ({what}).{hint}", path)
 
 
 # --------------------------------------------------------------------------- resizing

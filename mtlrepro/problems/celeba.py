@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from ..data.celeba import celeba_tasks, load_celeba
+from ..data.celeba import CELEBA_SPLIT_SIZES, celeba_tasks, load_celeba
 from ..metrics.classification import BinaryAccuracy, MultiLabelPRF, TotalError
 from ..tasks.attributes import attributes_loss
 from .base import Problem, Split
-from .paths import cache_dir_override, data_root_or_explain, ensure_tiny_dataset
+from .paths import (cache_dir_override, data_expect, data_root_or_explain, ensure_tiny_dataset, note_subset,
+                    source_info)
 
 
 class CelebAEvaluator:
@@ -54,14 +55,18 @@ class CelebAEvaluator:
 PER_TASK_ACCURACY_SETS = frozenset({"gated3"})
 
 
-def build_celeba_problem(recipe, profile: str, data_root: str | None, device: torch.device) -> Problem:
+def build_celeba_problem(recipe, profile: str, data_root: str | None, device: torch.device,
+                         expect: str | None = None) -> Problem:
+    """``expect``: the loaders' split-size check (:func:`~mtlrepro.problems.paths.data_expect`:
+    "any" on the tiny profile or with ``--allow-subset``, else the official sizes)."""
     tasks = celeba_tasks(recipe.task_set)
+    expect = data_expect(profile, expect)
     if profile == "tiny":
         root = ensure_tiny_dataset("celeba")
-        expect, synthetic = "any", True
+        synthetic = True
     else:
         root = data_root_or_explain("celeba", data_root)
-        expect, synthetic = "full", False
+        synthetic = False
     cache_dir = cache_dir_override(root, "celeba")
     show = profile != "tiny"
     train = load_celeba(root, "train", size=recipe.image_size, resize_mode=recipe.resize_mode,
@@ -90,7 +95,11 @@ def build_celeba_problem(recipe, profile: str, data_root: str | None, device: to
         train=split(train), eval=split(ev), eval_split=recipe.eval_split, synthetic=synthetic,
         data_info={"root": str(root), "n_train": len(train.images), "n_eval": len(ev.images),
                    "eval_split": recipe.eval_split, "synthetic": synthetic,
-                   "image_size": recipe.image_size, "resize_mode": recipe.resize_mode},
+                   "image_size": recipe.image_size, "resize_mode": recipe.resize_mode,
+                   "subset": note_subset("CelebA", expect, profile,
+                                         {"train": len(train.images), recipe.eval_split: len(ev.images)},
+                                         CELEBA_SPLIT_SIZES),
+                   **source_info(train=train, eval=ev)},
         prepare=prepare, task_loss=task_loss,
         new_evaluator=lambda: CelebAEvaluator(n_labels, device, single_attribute_tasks=single,
                                               task_names=per_task_names,

@@ -78,7 +78,8 @@ from ..tasks import Task, batch_target, task_loss_fn
 from ..tasks.normals import NORMAL_KEYS
 from ..tasks.segmentation import SEG_KEYS, as_mask
 from .base import Problem, Split
-from .paths import cache_dir_override, data_root_or_explain, ensure_tiny_dataset
+from .paths import (cache_dir_override, data_expect, data_root_or_explain, ensure_tiny_dataset, note_subset,
+                    source_info)
 
 #: Samples per metric batch: the reference code's test batch size (see the module docstring).
 METRIC_BATCH_SIZE: dict[str, int] = {"cityscapes": 8, "nyuv2": 2}
@@ -305,10 +306,11 @@ def _resize(d: DenseTensors, hw: tuple[int, int]) -> tuple[torch.Tensor, ...]:
 
 
 def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | None,
-                         device: torch.device) -> DenseProblem:
+                         device: torch.device, expect: str | None = None) -> DenseProblem:
     from ..data.mtan_npy import load_mtan
 
     spec = _spec(dataset)
+    expect = data_expect(profile, expect)
     tasks = dense_tasks(dataset, recipe.task_set)
     if recipe.eval_split != "val":
         raise ValueError(f"{recipe.id}: eval_split {recipe.eval_split!r}; MTAN's {spec.title} has "
@@ -316,14 +318,14 @@ def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | No
     hw = dense_input_hw(spec, recipe.image_size)
     if profile == "tiny":
         root = ensure_tiny_dataset(dataset)
-        expect, synthetic = "any", True
+        synthetic = True
     else:
         if hw != spec.hw:
             raise ValueError(f"{recipe.id}: image_size {recipe.image_size}, but MTAN's {spec.title} "
                              f"is {spec.hw[0]}x{spec.hw[1]} and the papers train at that size: set "
                              f"image_size: {spec.hw[0]}")
         root = data_root_or_explain(dataset, data_root)
-        expect, synthetic = "full", False
+        synthetic = False
     cache_dir = cache_dir_override(root, dataset)
     show = profile != "tiny"
     train = load_mtan(spec, root, "train", cache_dir, expect, progress=show)
@@ -364,6 +366,9 @@ def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | No
                    "synthetic": synthetic, "dataset": dataset, "task_set": recipe.task_set,
                    "layout": train.layout, "native_hw": list(spec.hw), "input_hw": list(hw),
                    "source_dtypes": train.source_dtypes, "metric_batch_size": metric_batch,
+                   "subset": note_subset(spec.title, expect, profile, {"train": len(train), "val": len(ev)},
+                                         spec.split_sizes),
+                   **source_info(train=train, eval=ev),
                    "segmentation_metric": ("miou_binary: Max Roaming's binary IoU per image; miou: "
                                            "MTAN's confusion matrix of the argmax")},
         prepare=prepare, task_loss=task_loss,
@@ -372,12 +377,14 @@ def _build_dense_problem(dataset: str, recipe, profile: str, data_root: str | No
     )
 
 
-def build_cityscapes_problem(recipe, profile: str, data_root: str | None, device: torch.device) -> DenseProblem:
-    return _build_dense_problem("cityscapes", recipe, profile, data_root, device)
+def build_cityscapes_problem(recipe, profile: str, data_root: str | None, device: torch.device,
+                             expect: str | None = None) -> DenseProblem:
+    return _build_dense_problem("cityscapes", recipe, profile, data_root, device, expect)
 
 
-def build_nyuv2_problem(recipe, profile: str, data_root: str | None, device: torch.device) -> DenseProblem:
-    return _build_dense_problem("nyuv2", recipe, profile, data_root, device)
+def build_nyuv2_problem(recipe, profile: str, data_root: str | None, device: torch.device,
+                        expect: str | None = None) -> DenseProblem:
+    return _build_dense_problem("nyuv2", recipe, profile, data_root, device, expect)
 
 
 def _shape(dataset: str, recipe) -> tuple[list[int], tuple[int, ...]]:

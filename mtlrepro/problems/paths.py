@@ -1,12 +1,55 @@
-"""Where datasets are found: ``--data-root`` or ``MTLREPRO_DATA``; generated tiny data in a cache."""
+"""Where datasets are found: ``--data-root`` or ``MTLREPRO_DATA``; generated tiny data in a cache;
+whether the full profile accepts a subset (``--allow-subset``)."""
 from __future__ import annotations
 
 import os
 import shutil
+import sys
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 from ..data.errors import DataError
+
+#: Set (to anything but "" or "0") by ``--allow-subset``: the full profile's loaders then accept
+#: split sizes other than the official ones (``expect="any"``). An environment variable so that
+#: it reaches worker processes, which build their problems themselves.
+ALLOW_SUBSET_ENV = "MTLREPRO_ALLOW_SUBSET"
+EXPECT_MODES = ("full", "any")
+
+
+def data_expect(profile: str, expect: str | None = None) -> str:
+    """The loaders' ``expect`` for a problem builder: ``"any"`` for the tiny profile (generated
+    data), else ``expect`` when given, else ``"any"`` when :data:`ALLOW_SUBSET_ENV` is set and
+    ``"full"`` (the official split sizes) otherwise."""
+    if profile == "tiny":
+        return "any"
+    if expect is not None:
+        if expect not in EXPECT_MODES:
+            raise ValueError(f"expect must be one of {', '.join(EXPECT_MODES)}, got {expect!r}")
+        return expect
+    return "any" if os.environ.get(ALLOW_SUBSET_ENV, "") not in ("", "0") else "full"
+
+
+def source_info(**splits: Any) -> dict[str, Any]:
+    """What a run records about where its tensors came from, per split (``train=..., eval=...``,
+    each a loader's result): the sha256 of the cache file read and of the source fingerprint
+    (:mod:`mtlrepro.data.cache`). The trainer's ``checksum`` of the tensors is recorded beside it."""
+    return {"cache_sha256": {k: getattr(v, "cache_sha256", "") for k, v in splits.items()},
+            "source_sha256": {k: getattr(v, "source_sha256", "") for k, v in splits.items()}}
+
+
+def note_subset(title: str, expect: str, profile: str, sizes: dict[str, int],
+                official: dict[str, int]) -> bool:
+    """With ``--allow-subset`` (full profile, ``expect="any"``) and other sizes than the official
+    ones, say so on stderr; returns whether the run trains on a subset."""
+    if profile == "tiny" or expect != "any":
+        return False
+    differ = {k: v for k, v in sizes.items() if official.get(k) != v}
+    if differ:
+        got = ", ".join(f"{k} {v} (official {official.get(k)})" for k, v in differ.items())
+        print(f"mtlrepro: --allow-subset: {title} {got}", file=sys.stderr, flush=True)
+    return bool(differ)
 
 def expected_layout(dataset: str) -> str:
     """What a user must put where under DATA_ROOT for ``dataset`` (its registry entry's text)."""
@@ -41,26 +84,53 @@ def tiny_root(dataset: str) -> Path:
     return cache_root() / "tiny" / dataset
 
 
+def _marker_text(generate: Callable[..., Any], kwargs: dict) -> str:
+    version = getattr(sys.modules.get(generate.__module__), "GENERATOR_VERSION", 1)
+    return f"{generate.__module__}.{generate.__name__}({kwargs}) version {version}\n"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def ensure_tiny(dataset: str, generate: Callable[..., Any], **kwargs: Any) -> Path:
     """The generated tiny dataset's root, generating it once: into a temp folder, marked complete,
     then renamed into place - so a crashed or concurrent generation never leaves a half-written
-    set that a later run would take as complete."""
+    set that a later run would take as complete. The marker names the generator, its arguments and
+    its module's ``GENERATOR_VERSION``: a copy made by other ones is stale and made again."""
     root = tiny_root(dataset)
     marker = root / ".generated"
-    if marker.is_file():
+    want = _marker_text(generate, kwargs)
+    found = _read(marker)
+    if found == want:
         return root
+    if found is not None:
+        print(f"mtlrepro: regenerating the tiny {dataset} data at {root} (made by "
+              f"{found.strip()!r}, now {want.strip()!r})", file=sys.stderr, flush=True)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{dataset}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    generate(tmp, **kwargs)
-    (tmp / ".generated").write_text(f"{generate.__name__}({kwargs})\n")
-    if root.exists() and not marker.is_file():
-        shutil.rmtree(root, ignore_errors=True)  # a stale, incomplete earlier attempt
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / f".{dataset}.{tag}.tmp"
+    try:
+        generate(tmp, **kwargs)
+        (tmp / ".generated").write_text(want)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if root.exists() and _read(marker) != want:  # stale or incomplete: move it aside, then drop it
+        old = root.parent / f".{dataset}.{tag}.old"
+        try:
+            os.rename(root, old)
+        except OSError:
+            pass  # another process moved it first
+        shutil.rmtree(old, ignore_errors=True)
     try:
         os.rename(tmp, root)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not marker.is_file():  # not another process finishing first: a real failure
+        if _read(marker) != want:  # not another process finishing first: a real failure
             raise
     return root
 
