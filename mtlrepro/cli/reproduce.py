@@ -25,10 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from ..compare import compare_table
-    from ..launch import make_launcher, plan_jobs, resolve_recipes
+    from ..launch import Tally, make_launcher, plan_jobs, resolve_recipes
     from ..pipeline import run_pipeline
     from ..problems.paths import data_root_or_explain
     from ..report import write_report
+    from ..store import clean_leftover_tmp
     from ..tables import get_table
     from .diff import exit_code
 
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return _reproduce_figure(args)
     table = get_table(args.id)
     recipes = resolve_recipes(table.id)
+    clean_leftover_tmp()
     if args.profile == "full":  # fail before anything runs, with the exact layout expected
         for ds in sorted({r.dataset for r in recipes}):
             data_root_or_explain(ds, args.data_root)
@@ -51,21 +53,25 @@ def run(args: argparse.Namespace) -> int:
           f"(not implemented or ambiguous), {waiting} waiting for an upstream run; profile {args.profile}",
           file=sys.stderr)
     launcher = make_launcher(args.launcher, args.device, not args.no_progress, args.workers)
-    _, _, skipped = run_pipeline(first, plan, lambda jobs: launcher.run(jobs, args.data_root))
+    tally = Tally()
+    _, _, skipped = run_pipeline(first, plan, lambda jobs: tally.add(launcher.run(jobs, args.data_root)))
     for r in skipped:
         if r.status.startswith("waiting"):
             print(f"still {r.status}: {r.id}", file=sys.stderr)
+    for line in tally.summary():
+        print(line, file=sys.stderr)
     td = compare_table(table, args.profile, parse_seeds(args.seeds))
     path = write_report(table, args.profile, diff=td)   # the report shows exactly the diff judged here
     counts = Counter(d.verdict for d in td.cells)
     print(f"verdicts: {dict(counts)}\nwrote {path}")
-    return exit_code(td.cells, args.fail_on)
+    return max(exit_code(td.cells, args.fail_on), tally.exit_code)   # a failed or crashed job: at least 1
 
 
 def _reproduce_figure(args: argparse.Namespace) -> int:
     """Figures have no printed numbers: run the sweep, then plot (no diff)."""
     from ..figures import write_figure
-    from ..launch import make_launcher, plan_jobs, resolve_recipes
+    from ..launch import Tally, make_launcher, plan_jobs, resolve_recipes
+    from ..store import clean_leftover_tmp
     from ..problems.paths import data_root_or_explain
 
     recipes = resolve_recipes(args.id)
@@ -74,8 +80,12 @@ def _reproduce_figure(args: argparse.Namespace) -> int:
             data_root_or_explain(ds, args.data_root)
     todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
     print(f"{args.id}: {len(todo)} runs to do, {len(done)} stored, {len(skipped)} not run (not implemented or ambiguous)", file=sys.stderr)
+    tally = Tally()
     if todo:
-        make_launcher(args.launcher, args.device, not args.no_progress, args.workers).run(todo, args.data_root)
+        clean_leftover_tmp()
+        tally.add(make_launcher(args.launcher, args.device, not args.no_progress, args.workers).run(todo, args.data_root))
+    for line in tally.summary():
+        print(line, file=sys.stderr)
     png, md = write_figure(args.id, args.profile)
     print(f"wrote {png}\nwrote {md}")
-    return 0
+    return tally.exit_code
