@@ -29,7 +29,8 @@ from pathlib import Path
 
 from .audit import audit_table, summarize
 from .delta import MetricValue, delta
-from .metrics.definitions import incomparable_reason, same_quantity
+from .derived import recompute_mean_rank, recompute_overall
+from .metrics.definitions import get_def, incomparable_reason, same_quantity
 from .pipeline import Waiting, resolve_upstream
 from .recipe import Recipe, RecipeSet, apply_profile, recipe_sets
 from .schema import SCALE_SUFFIX, Column, Row, Table
@@ -218,7 +219,6 @@ _UNIT_FACTORS = {("%", "fraction"): 0.01, ("fraction", "%"): 100.0}
 def unit_factor(metric_key: str, printed_unit: str | None) -> float:
     """What a measured ``metric_key`` is multiplied by to be in the column's printed unit (GatedMTL
     prints mIoU in % for semseg and as a fraction for human parts and saliency, Table 5)."""
-    from .metrics.definitions import get_def
     d = get_def(metric_key)
     return 1.0 if d is None else _UNIT_FACTORS.get((d.unit, printed_unit), 1.0)
 
@@ -314,7 +314,6 @@ def compare_table(table: Table, profile: str, seeds: list[int] | None = None, re
     for col in table.columns:   # Overall and MR: from the measured cells (mtlrepro/derived.py)
         if col.kind != "derived" or col.derived is None or col.derived.formula not in ("overall", "mean_rank"):
             continue
-        from .derived import recompute_mean_rank, recompute_overall
         if col.derived.formula == "overall":
             vals, bad, why = recompute_overall(table, col, measured, refused)
         else:

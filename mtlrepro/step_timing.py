@@ -5,10 +5,11 @@ iterations, then the mean over 1000 of the forward pass and of the backward pass
 recipe of a table, on random inputs and targets of the recipe's formats already on the device
 (:func:`mtlrepro.calibrate.step_bench`):
 
-* **forward** = the model's forward (``encode`` + ``decode`` when the method reads the shared
-  representation) and the task losses;
-* **backward** = everything else of one update: the method's ``backward`` (for MGDA-UB, PCGrad
-  and CAGrad the per-task gradients and their aggregation) and the optimizer step. The paper does
+* **forward** = :func:`mtlrepro.train.steps.joint_forward`: the model's forward (``encode`` +
+  ``decode`` when the method reads the shared representation) and the task losses;
+* **backward** = :func:`~mtlrepro.train.steps.joint_update`: everything else of one update, the
+  method's ``backward`` (for MGDA-UB, PCGrad and CAGrad the per-task gradients and their
+  aggregation) and the optimizer step - the trainer's own joint step, cut in two. The paper does
   not say where it puts the optimizer step; it is a constant of the model, the same for every
   method on one backbone, and is written here so that nothing lives only in code.
 
@@ -29,6 +30,7 @@ import torch
 
 from .calibrate import _cpu_model, _sync, step_bench
 from .recipe import Recipe
+from .train.steps import joint_forward, joint_update
 
 __all__ = ["time_forward_backward", "time_table", "ratio_table"]
 
@@ -45,20 +47,10 @@ def time_forward_backward(recipe: Recipe, device: torch.device, batch: int = 4, 
     for i in range(warmup + iters):
         _sync(device)
         t0 = time.perf_counter()
-        weighting.before_step(model)
-        opt.zero_grad(set_to_none=True)
-        z = None
-        if weighting.needs_representation:
-            z = model.encode(b.x)
-            outs = [model.decode(z, t) for t in range(problem.n_tasks)]
-        else:
-            outs = model(b.x)
-        losses = torch.stack([problem.task_loss(t, o, y) for t, (o, y) in enumerate(zip(outs, b.targets))])
+        losses, z = joint_forward(model, weighting, opt, problem, b.x, b.targets)
         _sync(device)
         t1 = time.perf_counter()
-        weighting.bind_batch(b.x, b.targets)
-        weighting.backward(losses, model, z)
-        opt.step()
+        joint_update(model, weighting, opt, b.x, b.targets, losses, z)
         _sync(device)
         t2 = time.perf_counter()
         if i >= warmup:

@@ -50,11 +50,15 @@ RESULTS_DIR = Path(os.environ.get("MTLREPRO_RESULTS", ROOT / "results"))
 SCHEMA_VERSION = 2       # 2: content-addressed layout, resolved config, segments, task weights
 
 
+def _host_tag() -> str:
+    """This host's name as temp-file names carry it (what :func:`clean_leftover_tmp` matches)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, mode ``0o666 & ~umask``, flushed to the disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tag = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}~{tag}~{os.getpid()}~", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}~{_host_tag()}~{os.getpid()}~", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -109,7 +113,7 @@ def clean_leftover_tmp(root: Path | None = None, max_age: float = TMP_MAX_AGE) -
     from .claims import pid_alive
 
     root = root or RESULTS_DIR
-    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())
+    host = _host_tag()
     now, removed = time.time(), []
     for sub in ("runs", "checkpoints"):
         base = root / sub
@@ -131,8 +135,8 @@ def clean_leftover_tmp(root: Path | None = None, max_age: float = TMP_MAX_AGE) -
     return removed
 
 
-def set_aside(path: Path, why: str, tag: str = "corrupt") -> Path | None:
-    """Rename an untrusted record ``<name>.<tag>-<UTC time>`` (never deleted) and warn, naming both."""
+def aside_path(path: Path, tag: str = "corrupt") -> Path:
+    """A free name ``<name>.<tag>-<UTC time>[-n]`` beside ``path`` to move an untrusted file to."""
     import datetime as _dt
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.{tag}-{stamp}")
@@ -140,6 +144,12 @@ def set_aside(path: Path, why: str, tag: str = "corrupt") -> Path | None:
     while aside.exists():
         n += 1
         aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
+    return aside
+
+
+def set_aside(path: Path, why: str, tag: str = "corrupt") -> Path | None:
+    """Rename an untrusted record to :func:`aside_path` (never deleted) and warn, naming both."""
+    aside = aside_path(path, tag)
     try:
         os.replace(path, aside)
     except FileNotFoundError:     # another process set it aside first: it has warned

@@ -20,7 +20,6 @@ job stays runnable.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import shutil
 import sys
@@ -119,8 +118,8 @@ def load_checkpoint_or_set_aside(path: Path, required: tuple[str, ...] = ("model
     except PermissionError as e:
         raise EnvironmentFault(f"cannot read the checkpoint {path} ({e.strerror})", path) from None
     except Exception as e:  # noqa: BLE001 - any unreadable content: truncated zip, unpickling error, ...
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        from ..store import aside_path
+        aside = aside_path(path)
         try:
             os.replace(path, aside)
         except OSError as e2:

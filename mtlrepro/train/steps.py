@@ -102,9 +102,9 @@ def _require_supported(update: str, weighting) -> None:
         raise ValueError(f"update {update!r} with weighting {weighting.name!r} is not implemented: {reason}")
 
 
-@STEPS.register("joint")
-def joint_step(model, weighting, optimizer, problem, x, targets, logs: EpochLogs | None = None,
-               grad_clip: float | None = None) -> torch.Tensor:
+def joint_forward(model, weighting, optimizer, problem, x, targets):
+    """The forward half of a joint update: every task's loss in one pass -> ``(losses, z)``
+    (``z`` the shared representation when the method reads it, else None)."""
     weighting.before_step(model)
     optimizer.zero_grad(set_to_none=True)
     z = None
@@ -114,11 +114,24 @@ def joint_step(model, weighting, optimizer, problem, x, targets, logs: EpochLogs
     else:
         outs = model(x)
     losses = torch.stack([problem.task_loss(t, o, y) for t, (o, y) in enumerate(zip(outs, targets))])
+    return losses, z
+
+
+def joint_update(model, weighting, optimizer, x, targets, losses, z, grad_clip: float | None = None) -> dict:
+    """The backward half: the method's backward, optional clipping, the optimizer step -> its logs."""
     weighting.bind_batch(x, targets)   # TAG's look-ahead re-evaluates the losses on this batch
     step_logs = weighting.backward(losses, model, z)
     if grad_clip is not None:  # total-norm clipping of everything the optimizer steps (CoNAL's search: 5)
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     optimizer.step()
+    return step_logs
+
+
+@STEPS.register("joint")
+def joint_step(model, weighting, optimizer, problem, x, targets, logs: EpochLogs | None = None,
+               grad_clip: float | None = None) -> torch.Tensor:
+    losses, z = joint_forward(model, weighting, optimizer, problem, x, targets)
+    step_logs = joint_update(model, weighting, optimizer, x, targets, losses, z, grad_clip)
     if logs is not None:
         logs.add(step_logs)
     return losses.detach().sum()
