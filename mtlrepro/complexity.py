@@ -105,3 +105,9 @@ def count(model: nn.Module, input_shape: tuple[int, ...], task: int = 0) -> Comp
         scope=f"one image, task {task}'s forward pass" if getattr(model, "task_conditional", False)
         else "one image, all task heads", unsupported_ops=unsupported, flops_all_tasks=flops_all,
         flops_conv=conv, flops_conv_all_tasks=conv_all)
+
+
+def count_pruned(model: nn.Module, input_shape: tuple[int, ...]) -> Complexity:
+    """:func:`count` of a GatedMTL model's pruned inference network (:func:`mtlrepro.models.gated.prune.prune`)."""
+    from .models.gated.prune import prune
+    return count(prune(model, input_shape).to("cpu", torch.float32), input_shape)

@@ -28,6 +28,19 @@ def figure_set(figure_id: str) -> RecipeSet:
     return rs
 
 
+def figure_recipes(figure_id: str) -> list:
+    """The recipes a figure runs: its own sweep, or, for a trade-off figure (``kind: tradeoff``), the
+    recipes of every panel's table (:mod:`mtlrepro.tradeoff_figure`)."""
+    from .launch import resolve_recipes
+    rs = figure_set(figure_id)
+    if rs.figure.get("kind") != "tradeoff":
+        return resolve_recipes(figure_id)
+    out = []
+    for table in dict.fromkeys(p["table"] for p in rs.figure["panels"]):
+        out += resolve_recipes(table)
+    return out
+
+
 def panel_metrics(panel: dict) -> list[str]:
     """A panel's metrics: ``metrics`` on the left axis, then ``secondary_metrics`` (another scale,
     e.g. depth errors next to mIoU) on a right-hand axis."""
@@ -60,6 +73,9 @@ def write_figure(figure_id: str, profile: str, results_root=None) -> tuple[Path,
     from tabulate import tabulate
 
     rs = figure_set(figure_id)
+    if rs.figure.get("kind") == "tradeoff":
+        from .tradeoff_figure import write_tradeoff_figure
+        return write_tradeoff_figure(figure_id, profile, results_root)
     pts = collect(rs, profile, results_root)
     root = (results_root or RESULTS_DIR) / ("" if profile == "full" else profile)
     paper, name = figure_id.split("/", 1)

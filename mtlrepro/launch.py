@@ -17,10 +17,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pipeline import Waiting, resolve_upstream
+from .pipeline import Waiting, init_waiting, resolve_upstream
 from .recipe import Recipe, apply_profile, get_recipe, recipes_for_table
 from .registry import Registry, UnknownKeyError
-from .store import RunRecord, find_run
+from .store import RunRecord, find_run, weights_path
 
 
 @dataclass(frozen=True)
@@ -92,14 +92,44 @@ def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = Non
         except Waiting as w:   # its upstream (a search) has not run: a later wave runs it
             skipped.append(dataclasses.replace(eff, status=f"waiting for {w.upstream.id} seed {w.seed} ({w.why})"))
             continue
+        waiting = []
         for s in (seeds if seeds is not None else list(eff.seeds)):
             if (eff.fingerprint, s) in seen:
+                continue
+            why = init_waiting(eff, s, profile, kind, results_root)
+            if why is not None:   # its initialisation (e.g. GatedMTL's STL weights) is not stored: a later wave
+                waiting.append(why)
+                source = _init_source_job(eff, s, profile, results_root, kind)
+                if source is not None and (source.recipe.fingerprint, s) not in seen:
+                    seen.add((source.recipe.fingerprint, s))
+                    todo.append(source)
                 continue
             seen.add((eff.fingerprint, s))
             job = Job(eff, s, profile)
             rec = find_run(profile, eff.id, eff.fingerprint, s, results_root, device_kind=kind)
+            if rec is not None and eff.keep_weights and rec.status == "finished" and \
+                    not weights_path(profile, eff.fingerprint, s, kind, results_root).exists():
+                rec = None        # stored without the weights another recipe starts from: run again to keep them
             (done.append((job, rec)) if rec is not None else todo.append(job))
+        if waiting:
+            skipped.append(dataclasses.replace(eff, status=waiting[0] + (f" (and {len(waiting) - 1} more seeds)"
+                                                                         if len(waiting) > 1 else "")))
     return todo, done, skipped
+
+
+def _init_source_job(recipe: Recipe, seed: int, profile: str, results_root: Path | None, kind: str) -> Job | None:
+    """The job that stores the weights ``recipe`` starts from, when they are missing and that run is
+    not failed (a failed source leaves its dependants waiting, reported)."""
+    from .pipeline import init_recipe
+
+    src = init_recipe(recipe)
+    if src is None or src.status != "ready":
+        return None
+    src = resolve_upstream(apply_profile(dataclasses.replace(src, keep_weights=True), profile), profile, results_root)
+    rec = find_run(profile, src.id, src.fingerprint, seed, results_root, device_kind=kind)
+    if rec is not None and rec.status != "finished":
+        return None
+    return Job(src, seed, profile)
 
 
 def run_job(job: Job, data_root: str | None, device: str | None, results_root: Path | None,

@@ -24,7 +24,8 @@ from typing import Callable
 
 from .recipe import Recipe, apply_profile, get_recipe
 
-__all__ = ["Waiting", "upstream_recipe", "resolve_upstream", "architecture_of", "run_pipeline"]
+__all__ = ["Waiting", "upstream_recipe", "init_recipe", "resolve_upstream", "resolve_init", "init_waiting",
+           "architecture_of", "run_pipeline"]
 
 #: per architecture kind, the keys of an exported architecture that define it (the rest, e.g. the
 #: search's probabilities, is provenance): trees (search/architecture.py) and MTL-NAS's fusion edges
@@ -60,10 +61,48 @@ def architecture_of(record) -> dict:
     return {k: arch[k] for k in _ARCH_KEYS[kind]}
 
 
+def init_recipe(recipe: Recipe) -> Recipe | None:
+    """The recipe whose trained weights initialise ``recipe`` (``init_from``; GatedMTL's STL rows)."""
+    name = recipe.init_from
+    if not name:
+        return None
+    return get_recipe(name if "/" in name else f"{recipe.table}/{name}")
+
+
+def resolve_init(recipe: Recipe, profile: str, results_root: Path | None = None) -> Recipe:
+    """``recipe`` with ``init_weights`` naming its initialisation's recipe and fingerprint (so the
+    fingerprint of a run depends on what it starts from); the weights themselves are per seed
+    (seed ``k`` starts from the source's seed ``k``), checked by :func:`init_waiting`."""
+    up = init_recipe(recipe)
+    if up is None:
+        return recipe
+    up = resolve_upstream(apply_profile(up, profile), profile, results_root)
+    return dataclasses.replace(recipe, init_weights={"recipe": up.id, "fingerprint": up.fingerprint})
+
+
+def init_waiting(recipe: Recipe, seed: int, profile: str, device_kind: str,
+                 results_root: Path | None = None) -> str | None:
+    """Why seed ``seed`` of a resolved recipe cannot start yet (its source's weights are not stored), or None."""
+    from .store import find_run, weights_path
+
+    init = recipe.init_weights
+    if not init:
+        return None
+    rec = find_run(profile, init["recipe"], init["fingerprint"], seed, results_root, device_kind=device_kind)
+    if rec is None:
+        return f"waiting for {init['recipe']} seed {seed} (not run yet: its weights initialise this run)"
+    if rec.status != "finished":
+        return f"waiting for {init['recipe']} seed {seed} (its run {rec.status})"
+    if not weights_path(profile, init["fingerprint"], seed, device_kind, results_root).exists():
+        return f"waiting for {init['recipe']} seed {seed} (its weights are not stored: it reruns to store them)"
+    return None
+
+
 def resolve_upstream(recipe: Recipe, profile: str, results_root: Path | None = None) -> Recipe:
     """The concrete form of ``recipe`` (itself when it has no upstream); raises :class:`Waiting`."""
     from .store import find_run
 
+    recipe = resolve_init(recipe, profile, results_root)
     up = upstream_recipe(recipe)
     if up is None:
         return recipe

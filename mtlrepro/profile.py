@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .compare import flops_key, params_key
-from .complexity import count
+from .complexity import count, count_pruned
 from .recipe import recipe_sets
 from .schema import Table
 
@@ -49,7 +49,8 @@ def profile_table(table: Table, results_root=None, search_profile: str = "full")
     then one per ``extra`` recipe of its recipe set (documented variants that are not printed rows).
     A row that retrains a searched architecture is counted on the architecture its stored search of
     ``search_profile`` exported (``"tiny"``: the tree a tiny search found, counted at full size; the
-    note says so), or noted as waiting for that search."""
+    note says so), or noted as waiting for that search. A GatedMTL row is counted on the pruned network
+    of the gates its stored run of ``search_profile`` (seed 0) learned, at the paper's size."""
     import dataclasses
     from .pipeline import Waiting, resolve_upstream
     from .recipe import apply_profile
@@ -73,11 +74,40 @@ def profile_table(table: Table, results_root=None, search_profile: str = "full")
                                   note=f"waiting for {w.upstream.row} ({search_profile} profile)"))
             continue
         concrete = dataclasses.replace(recipe, sharing_kwargs=found.sharing_kwargs)
+        if recipe.sharing == "gatedmtl":   # the pruned network of the gates a stored run learned
+            row = _count_gated_row(table, key_, label, group, concrete, found, pub, search_profile, results_root)
+            out.append(row)
+            continue
         row = _count_row(table, key_, label, group, concrete, pub, cache)
         if recipe.architecture_from and search_profile != "full":
             row.scope = f"{row.scope}; architecture from the {search_profile}-profile search".lstrip("; ")
         out.append(row)
     return out
+
+
+def _count_gated_row(table: Table, key_: str, label: str, group, recipe, found, pub: dict, profile: str,
+                     results_root) -> RowProfile:
+    """GatedMTL: the stored gates applied to the model built at the paper's size, pruned, counted."""
+    import torch
+
+    from .models import build_model
+    from .models.gated.patterns import apply_gating
+    from .problems import problem_shape
+    from .store import find_run
+
+    rec = find_run(profile, found.id, found.fingerprint, 0, results_root)
+    gating = (rec.artifacts or {}).get("gating") if rec is not None and rec.status == "finished" else None
+    if gating is None:
+        return RowProfile(key_, label, group, recipe.id, None, None, None, None, pub, {},
+                          note=f"no gates yet: its {profile}-profile run (seed 0) is not stored")
+    out_dims, shape = problem_shape(recipe)
+    torch.manual_seed(0)
+    model = build_model(recipe.backbone, recipe.sharing, out_dims, **recipe.model_kwargs(weights=False))
+    apply_gating(model, gating)
+    c = count_pruned(model, shape)
+    scope = f"pruned network of the gates of its {profile}-profile run (seed 0), all task heads"
+    return RowProfile(key_, label, group, recipe.id, c.params_total, c.flops, c.flops_unit, list(c.input_shape), pub,
+                      c.unsupported_ops, scope, flops_conv=c.flops_conv)
 
 
 def _count_row(table: Table, key_: str, label: str, group, recipe, pub: dict, cache: dict) -> RowProfile:

@@ -32,11 +32,11 @@ RECIPES_DIR = REPRODUCE_DIR / "recipes"
 #: provenance, not configuration: a run is a function of the rest (a dependent recipe's upstream
 #: output is embedded in its resolved form, see mtlrepro/pipeline.py)
 NOT_RESULT_FIELDS = {"id", "table", "row", "seeds", "notes", "status", "fitted", "architecture_from",
-                     "architecture_seed", "upstream", "extra"}
+                     "architecture_seed", "upstream", "extra", "init_from", "keep_weights"}
 OPTIONAL_MODEL_FIELDS = ("head", "conv_unit", "head_kwargs", "pretrained")
 #: fields left out of the fingerprint while unset, so that adding them changed no existing run
 OPTIONAL_FIELDS = (*OPTIONAL_MODEL_FIELDS, "lr_schedule", "grad_clip", "search_val_fraction", "encoder_lr",
-                   "augment", "loss_weights")
+                   "augment", "loss_weights", "init_weights")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ class Recipe:
     architecture_from: str | None = None   # recipe id (or row of this table) whose run exports the architecture
     architecture_seed: int = 0         # which seed's search the architecture comes from
     upstream: dict[str, Any] = field(default_factory=dict)   # set when resolved: the run it came from
+    init_from: str | None = None       # recipe id (or row of this table) whose trained weights initialise this one
+    init_weights: dict[str, Any] = field(default_factory=dict)   # set when resolved: that recipe's id and fingerprint
+    keep_weights: bool = False         # store the final weights (set for every recipe another one is init_from)
     extra: bool = False                # run with its table but not one of its printed rows (a documented variant)
     measure_conflicts: int = 0         # every k epochs and at the last, CoNAL Table 1's conflict ratios (0: off)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -116,6 +119,9 @@ class Recipe:
 
     @property
     def fingerprint(self) -> str:
+        if self.init_from and not self.init_weights:
+            raise ValueError(f"{self.id} is initialised from {self.init_from!r}: its fingerprint names that recipe's "
+                             f"(mtlrepro.pipeline.resolve_upstream)")
         if self.architecture_from and "architecture" not in self.sharing_kwargs:
             raise ValueError(f"{self.id} takes its architecture from {self.architecture_from!r}: its fingerprint "
                              f"exists once that run is stored (mtlrepro.pipeline.resolve_upstream)")
@@ -327,9 +333,10 @@ def _entry(e: dict, data: dict, where: str | Callable[[], str]) -> dict:
         raise TableFormatError(f"{where}: from {src!r} names no row of {data.get('extends') or 'an extended file'} "
                                f"(rows: {', '.join(sorted(rows))}){did_you_mean(str(src), rows)}")
     inherited = dict(_entry(rows[src], base, where))
-    up = inherited.get("architecture_from")
-    if up and "/" not in up:            # a bare row names a recipe of the file it was written in
-        inherited["architecture_from"] = f"{base['table']}/{up}"
+    for key in ("architecture_from", "init_from"):
+        up = inherited.get(key)
+        if up and "/" not in up:            # a bare row names a recipe of the file it was written in
+            inherited[key] = f"{base['table']}/{up}"
     return {**inherited, **{k: v for k, v in e.items() if k != "from"}}
 
 
@@ -347,11 +354,21 @@ def load_recipe_file(path: Path) -> RecipeSet:
         def where(fld: str | None, i: int = i, row: str = e["row"]) -> str:
             return f"{at_line(path, ('recipes', i) + ((fld,) if fld else ()))}: recipe {row!r}"
         recipes.append(_make(_entry(e, data, lambda w=where: w("from")), defaults, table, where))
+    recipes = _mark_init_sources(recipes, table)
     tolerances = dict(data.get("tolerances") or {})
     for key, tol in tolerances.items():
         parse_tolerance(tol, 1.0, where=f"{at_line(path, ('tolerances', key))}: tolerances.{key}")
     return RecipeSet(table, tuple(recipes), tuple(data.get("choices") or ()), path, figure=data.get("figure"),
                      tolerances=tolerances, suite=data.get("suite"), delta_reference=data.get("delta_reference"))
+
+
+def _mark_init_sources(recipes: list[Recipe], table: str) -> list[Recipe]:
+    """Bare ``init_from`` rows as recipe ids, and ``keep_weights`` on every recipe of the file another
+    one is initialised from (its final weights are stored: :func:`mtlrepro.store.weights_path`)."""
+    recipes = [dataclasses.replace(r, init_from=f"{table}/{r.init_from}") if r.init_from and "/" not in r.init_from
+               else r for r in recipes]
+    sources = {r.init_from for r in recipes if r.init_from}
+    return [dataclasses.replace(r, keep_weights=True) if r.id in sources else r for r in recipes]
 
 
 def parse_tolerance(tol: float | str, published: float, where: str = "tolerance") -> float:

@@ -282,7 +282,9 @@ def _conflicts_section(td: TableDiff) -> list[str]:
             "", conflict_table(rows), ""]
 
 
-def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: bool = True) -> str:
+def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: bool = True,
+           plot_lines: list[str] | tuple[str, ...] = ()) -> str:
+    """The markdown report; ``plot_lines``: the section linking the per-cell PNG (after the verdicts)."""
     table = td.table
     lines = _header(td) + _legend(td)
     by_cell = {(d.row, d.column): d for d in td.cells}
@@ -300,6 +302,7 @@ def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: 
               tabulate(body, headers=["row", "group"] + [c.label for c in cols], tablefmt="github"), ""]
     counts = Counter(d.verdict for d in td.cells)
     lines += ["**Verdicts:** " + ", ".join(f"{k} {counts[k]}" for k in ORDER if counts[k]), ""]
+    lines += list(plot_lines)
     for c in table.columns:
         formula = c.derived.formula if c.derived is not None else ""
         if formula == "mean_rank" and c.key in td.conventions:
@@ -359,9 +362,12 @@ def render(td: TableDiff, recipe_set: RecipeSet | None = None, with_complexity: 
 def write_report(table: Table, profile: str, seeds: list[int] | None = None, results_root=None,
                  with_complexity: bool = True, recipe_set: RecipeSet | None = None,
                  diff: TableDiff | None = None) -> Path:
-    """Write the report of ``diff`` (computed here from the store when not given)."""
+    """Write the report of ``diff`` (computed here from the store when not given) and, next to it,
+    its per-cell PNG (:mod:`mtlrepro.cell_plot`; none while no cell is measured)."""
+    from .cell_plot import report_lines, write_cell_plot
     td = diff if diff is not None else compare_table(table, profile, seeds, results_root, recipe_set)
     path = report_path(table, profile, results_root)
-    write_text_atomic(path, render(td, recipe_set, with_complexity))
+    png = write_cell_plot(td, path.with_suffix(".png"))
+    write_text_atomic(path, render(td, recipe_set, with_complexity, report_lines(td, png)))
     return path
 

@@ -57,11 +57,16 @@ def _host_tag() -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, mode ``0o666 & ~umask``, flushed to the disk."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode ``0o666 & ~umask``, flushed to the disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}~{_host_tag()}~{os.getpid()}~", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600: records are as readable as other files
@@ -223,6 +228,13 @@ def run_path(profile: str, fingerprint: str, seed: int, device_kind: str, root: 
 
 def checkpoint_path(profile: str, fingerprint: str, seed: int, device_kind: str, root: Path | None = None) -> Path:
     return ((root or RESULTS_DIR) / "checkpoints" / profile / fingerprint[:16] / device_kind_slug(device_kind)
+            / f"seed{seed}.pt")
+
+
+def weights_path(profile: str, fingerprint: str, seed: int, device_kind: str, root: Path | None = None) -> Path:
+    """The final weights of a run another recipe is initialised from (``keep_weights``), written
+    atomically before its record: ``results/weights/<profile>/<fingerprint[:16]>/<device>/seed<k>.pt``."""
+    return ((root or RESULTS_DIR) / "weights" / profile / fingerprint[:16] / device_kind_slug(device_kind)
             / f"seed{seed}.pt")
 
 

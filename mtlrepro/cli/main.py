@@ -15,7 +15,7 @@ import importlib
 import sys
 
 VERBS = ["tables", "table", "audit", "recipes", "plan", "run", "profile", "diff", "report", "reproduce"]
-VERBS += ["conflicts", "calibrate", "timing"]
+VERBS += ["conflicts", "calibrate", "timing", "gating", "status", "leaderboard"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,22 +68,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _reproduce_figure(args: argparse.Namespace) -> int:
-    """Figures have no printed numbers: run the sweep, then plot (no diff)."""
-    from ..figures import write_figure
-    from ..launch import Tally, make_launcher, plan_jobs, resolve_recipes
+    """Figures have no printed numbers: run the sweep (a trade-off figure: its panels' tables, in
+    pipeline waves so that recipes waiting for an upstream run follow it), then plot (no diff)."""
+    from ..figures import figure_recipes, write_figure
+    from ..launch import Tally, make_launcher, plan_jobs
+    from ..pipeline import run_pipeline
     from ..store import clean_leftover_tmp
     from ..problems.paths import data_root_or_explain
 
-    recipes = resolve_recipes(args.id)
+    recipes = figure_recipes(args.id)
     if args.profile == "full":
         for ds in sorted({r.dataset for r in recipes if r.status == "ready"}):
             data_root_or_explain(ds, args.data_root)
-    todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
-    print(f"{args.id}: {len(todo)} runs to do, {len(done)} stored, {len(skipped)} not run (not implemented or ambiguous)", file=sys.stderr)
+
+    def plan():
+        return plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
+
+    first = plan()
+    todo, done, skipped = first
+    print(f"{args.id}: {len(todo)} runs to do, {len(done)} stored, {len(skipped)} not run (not implemented, "
+          "ambiguous or waiting for an upstream run)", file=sys.stderr)
     tally = Tally()
     if todo:
         clean_leftover_tmp()
-        tally.add(make_launcher(args.launcher, args.device, not args.no_progress, args.workers).run(todo, args.data_root))
+        launcher = make_launcher(args.launcher, args.device, not args.no_progress, args.workers)
+        _, _, skipped = run_pipeline(first, plan, lambda jobs: tally.add(launcher.run(jobs, args.data_root)))
+    for r in skipped:
+        print(f"not run: {r.id} ({r.status})", file=sys.stderr)
     for line in tally.summary():
         print(line, file=sys.stderr)
     png, md = write_figure(args.id, args.profile)

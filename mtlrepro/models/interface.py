@@ -219,6 +219,15 @@ class MTLModel(nn.Module):
             return count_parameters(self.parameters())
         return count_parameters(self.shared_parameters()) + count_parameters(self.task_parameters(task))
 
+    # --- the model's own objective and optimizer ------------------------------------------------
+    def regularization_loss(self) -> Tensor | None:
+        """A term the model adds to the objective after the method's backward (None: nothing)."""
+        return None
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """Parameters stepped by their own optimizer (GatedMTL's gates; :mod:`mtlrepro.train.optim`)."""
+        return []
+
     # --- schedule hooks -----------------------------------------------------------------------
     def on_train_step(self, step: int, steps_per_epoch: int) -> None:
         """Called once per training batch, BEFORE it is trained, with the global 0-based batch

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..recipe import Recipe
 
-__all__ = ["build_optimizer", "build_lr_schedule", "model_param_groups", "poly_factor"]
+__all__ = ["build_optimizer", "build_lr_schedule", "model_param_groups", "poly_factor", "with_gate_optimizer",
+           "CompositeOptimizer"]
 
 
 def build_optimizer(recipe: Recipe, params: Iterable[Any]) -> torch.optim.Optimizer:
@@ -44,6 +45,7 @@ def model_param_groups(recipe: Recipe, model: nn.Module, weighting) -> list[dict
     method's own parameters for the model's optimizer (``parameters_for_model_optimizer``) join
     the ``lr`` group."""
     stepped = {id(p) for p in weighting.model_parameters_it_steps(model)}
+    stepped |= {id(p) for p in getattr(model, "gate_parameters", lambda: [])()}   # their own optimizer
     own = list(weighting.parameters_for_model_optimizer())
     params = [p for p in model.parameters() if id(p) not in stepped]
     encoder_lr = getattr(recipe, "encoder_lr", None)
@@ -90,3 +92,45 @@ class _Poly:
 
     def __call__(self, epoch: int) -> float:
         return poly_factor(epoch, self.epochs, self.power)
+
+
+class CompositeOptimizer:
+    """Several optimizers stepped as one (the model's and its gates'): ``zero_grad`` / ``step`` /
+    ``state_dict`` of each; ``param_groups`` lists the first one's groups first (the recipe's lr is
+    ``param_groups[0]``); the lr schedule is built on the first one only."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"composite": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        parts = state.get("composite")
+        if parts is None or len(parts) != len(self.optimizers):
+            raise ValueError(f"optimizer state of {len(parts or [])} parts for {len(self.optimizers)} optimizers")
+        for o, sd in zip(self.optimizers, parts):
+            o.load_state_dict(sd)
+
+
+def with_gate_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """``optimizer`` and, when the model has gate parameters (GatedMTL), their own SGD at the
+    model's ``gate_lr`` (Sec. 4.1: "SGD with a learning rate of 0.1 for the gates' parameters";
+    momentum ``gate_momentum``, default 0; no weight decay; the lr schedule does not apply to it)."""
+    gates = list(getattr(model, "gate_parameters", lambda: [])())
+    if not gates:
+        return optimizer
+    sgd = torch.optim.SGD(gates, lr=float(model.gate_lr), momentum=float(getattr(model, "gate_momentum", 0.0)))
+    return CompositeOptimizer(optimizer, sgd)

@@ -121,6 +121,10 @@ def joint_update(model, weighting, optimizer, x, targets, losses, z, grad_clip: 
     """The backward half: the method's backward, optional clipping, the optimizer step -> its logs."""
     weighting.bind_batch(x, targets)   # TAG's look-ahead re-evaluates the losses on this batch
     step_logs = weighting.backward(losses, model, z)
+    reg = getattr(model, "regularization_loss", lambda: None)()   # a term of the model's own (GatedMTL's lambda_s L_sparsity), after the
+    if reg is not None:                 # method: its gradient adds to whatever the method left in .grad
+        reg.backward()
+        step_logs = {**step_logs, "regularization": reg.detach()}
     if grad_clip is not None:  # total-norm clipping of everything the optimizer steps (CoNAL's search: 5)
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     optimizer.step()

@@ -32,7 +32,7 @@ from ..store import EpochRecord, RunRecord, checkpoint_path, device_kind, enviro
 from ..methods.logs import EpochLogs
 from .steps import STEPS, check_update_weighting, evaluate
 from .faults import EnvironmentFault, check_writable, load_checkpoint_or_set_aside, save_checkpoint, state_bytes
-from .optim import build_lr_schedule, build_optimizer, model_param_groups
+from .optim import build_lr_schedule, build_optimizer, model_param_groups, with_gate_optimizer
 from .selection import check_selection_rule, select_final
 
 
@@ -92,6 +92,14 @@ def _complexity(backbone: str, sharing: str, kwargs: str, out_dims: tuple[int, .
             "unsupported_ops": dict(c.unsupported_ops)}
 
 
+def pruned_counts(c) -> dict:
+    """A :class:`~mtlrepro.complexity.Complexity` of a pruned network in the record's format."""
+    return {"params_active_task0": c.params, "params_total": c.params_total, "buffers": c.buffers,
+            "flops": c.flops, "flops_all_tasks": c.flops_all_tasks, "flops_conv": c.flops_conv,
+            "flops_conv_all_tasks": c.flops_conv_all_tasks, "flops_unit": "MAC", "input_shape": list(c.input_shape),
+            "scope": c.scope + ", pruned (GatedMTL's inference network)", "unsupported_ops": dict(c.unsupported_ops)}
+
+
 def run_complexity(recipe: Recipe, problem) -> dict:
     """fvcore params/MACs of this run's model at this run's input size (one image, one task)."""
     import json
@@ -148,6 +156,7 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
                          f"{recipe.sharing!r} computes every task in one forward (use update joint)")
     optimizer = build_optimizer(recipe, model_param_groups(recipe, model, weighting))
     schedule = build_lr_schedule(recipe, optimizer)
+    optimizer = with_gate_optimizer(optimizer, model)   # GatedMTL's gates: their own SGD
     weighting.bind_training(problem.task_loss, optimizer)
     steps_per_epoch = problem.steps_per_epoch(recipe.batch_size, recipe.max_steps_per_epoch)
     weighting.bind_schedule(recipe.epochs, steps_per_epoch)
@@ -172,6 +181,11 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     check_writable(ckpt.parent, state_bytes(model, weighting) * 3)   # weights + Adam's two moments
     start_epoch, segments, seconds_before = 0, [], 0.0
     state = load_checkpoint_or_set_aside(ckpt) if ckpt.exists() else None
+    if state is None and recipe.init_weights:   # GatedMTL: task branches from the STL networks
+        from .init_weights import load_init_weights
+        load_init_weights(model, recipe, seed, profile, device_kind(dev), problem.out_dims, results_root)
+    if recipe.init_weights:
+        record.artifacts = {"init": dict(recipe.init_weights, seed=seed)}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -250,6 +264,13 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     exporter = next((m for m in (model, weighting) if hasattr(m, "export_architecture")), None)
     if exporter is not None:   # a search (supernet or method, e.g. TAG): its output is the architecture
         record.artifacts = {"architecture": exporter.export_architecture()}
+    if hasattr(model, "export_gating"):   # GatedMTL: the gates, and the counts of the pruned network
+        from ..complexity import count_pruned
+        record.artifacts = {**(record.artifacts or {}), "gating": dict(model.export_gating(), task_names=list(problem.task_names))}
+        record.complexity = pruned_counts(count_pruned(model, tuple(problem.input_shape)))
+    if recipe.keep_weights:   # another recipe starts from these weights (GatedMTL from STL)
+        from .init_weights import save_final_weights
+        save_final_weights(model, recipe, seed, profile, device_kind(dev), results_root)
     record.status = "finished"
     record.seconds = elapsed()
     _save_record(record, results_root)

@@ -10,6 +10,7 @@ from . import (afa, attentive, conv_alternatives, cross_stitch, etr, etr_nlp, ha
 from . import rotograd  # noqa: F401,E402  (RotoGrad's per-task rotations: "rotograd")
 from . import branched, conal_supernet  # noqa: F401,E402  (searched trees "branched", CoNAL's search space)
 from . import ltb_supernet  # noqa: F401,E402  (LTB's search space "ltb_supernet")
+from . import gatedmtl  # noqa: F401,E402  (GatedMTL: "gatedmtl")
 from . import tsn  # noqa: F401,E402  (Task Switching Networks: "tsn")
 from . import bmtas_supernet  # noqa: F401,E402  (BMTAS's supergraph "bmtas_supernet")
 from . import conal_pro_supernet  # noqa: F401,E402  (CoNAL-Pro's progressive search space "conal_pro_supernet")

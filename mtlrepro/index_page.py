@@ -1,0 +1,159 @@
+"""The index page of the results: ``results/README.md`` (profile full), ``results/tiny/README.md`` (tiny).
+
+One line per registered table with the numbers of :mod:`mtlrepro.status` (rows, ready, not
+implemented, ambiguous, runs, seeds, verdicts, jobs to run, GPU-hours) and a relative link to its
+report, grouped in one section per paper, with the rows that are not run and why. It is written by
+``mtlrepro report --all`` (:func:`write_all`), which first writes the report of every table that has
+at least one stored run (finished or failed) of its rows for that profile; a table without one has
+no report to link to. The page is a pure function of the registry, the recipes, the calibration
+files and the run store: no date, no git sha, so writing it twice gives the same bytes. Full and
+tiny results are kept apart: each profile has its own page next to its own reports.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .recipe import PROFILES, RecipeSet
+from .schema import PAPERS
+from .status import (Status, TableStatus, collect_status, group_notes, hours_text, one_line, runs_text,
+                     seeds_text, verdict_text)
+
+INDEX_NAME = "README.md"
+SYNTHETIC_LINE = "synthetic data, random initialisation: not comparable with the paper"
+HEADERS = ["table", "title", "rows", "ready", "n/i", "amb.", "runs", "complete × seeds", "verdicts (cells)",
+           "to run", "GPU-h", "report"]
+
+
+def _root(results_root: Path | str | None) -> Path:
+    from . import store
+    return Path(results_root) if results_root is not None else store.RESULTS_DIR
+
+
+def index_path(profile: str, results_root: Path | str | None = None) -> Path:
+    """``<results>/README.md`` for the full profile, ``<results>/<profile>/README.md`` otherwise (where
+    :func:`mtlrepro.report.report_path` puts that profile's reports)."""
+    root = _root(results_root)
+    return root / INDEX_NAME if profile == "full" else root / profile / INDEX_NAME
+
+
+def _cell(text: object) -> str:
+    return one_line(str(text)).replace("|", "\\|")
+
+
+def _link(t: TableStatus, profile: str, root: Path) -> str:
+    """A relative link to the table's report, when ``report --all`` writes one (a stored run)."""
+    from .report import report_path
+    ps = t.profiles.get(profile)
+    if t._table is None or ps is None or ps.error or not (ps.runs or ps.failed):
+        return "—"
+    rel = os.path.relpath(report_path(t._table, profile, root), index_path(profile, root).parent)
+    return f"[{t.id.split('/', 1)[1]}]({Path(rel).as_posix()})"
+
+
+def _line(t: TableStatus, profile: str, root: Path) -> list[str]:
+    ps = t.profiles.get(profile)
+    head = [f"`{t.id}`", _cell(t.title)]
+    if ps is None or ps.error:
+        return head + [str(t.rows or "—")] + ["—"] * 5 + [f"**error:** {_cell(_error(t, profile))}"] + ["—"] * 3
+    verdicts = verdict_text(ps.verdicts) + ("" if t.in_scope else f" (out of scope: {t.out_of_scope_reason})")
+    return head + [str(t.rows), str(t.ready), str(len(t.not_implemented)), str(len(t.ambiguous)), runs_text(ps),
+                   seeds_text(ps, t.ready, t.paper_seeds), _cell(verdicts), f"{ps.to_run}"
+                   + (f" ({ps.waiting} waiting)" if ps.waiting else ""),
+                   hours_text(ps.gpu_hours, ps.hours_known, ps.to_run), _link(t, profile, root)]
+
+
+def _error(t: TableStatus, profile: str) -> str:
+    """The error of ``t`` for ``profile`` (its files' error, or that profile's diff or plan)."""
+    ps = t.profiles.get(profile)
+    return ps.error if ps is not None and ps.error else ("" if ps is not None else t.error)
+
+
+def _markdown_table(lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+    return out + ["| " + " | ".join(line) + " |" for line in lines]
+
+
+def _not_run(tables: list[TableStatus], profile: str) -> list[str]:
+    out = []
+    for kind, attr in (("Not implemented", "not_implemented"), ("Ambiguous (not run, never guessed)", "ambiguous")):
+        items = []
+        for t in tables:
+            for reason, notes in group_notes(getattr(t, attr)):
+                rows = ", ".join(f"`{n.row}`" for n in notes)
+                items.append(f"- `{t.id}` ({len(notes)}): {rows} — {one_line(reason)}")
+        if items:
+            out += [f"**{kind}:**", "", *items, ""]
+    errors = [f"- `{t.id}`: {one_line(_error(t, profile))}" for t in tables if _error(t, profile)]
+    if errors:
+        out += ["**Errors** (the table's files or records could not be read; fix them and rerun):", "", *errors, ""]
+    return out
+
+
+def render_index(status: Status, profile: str, results_root: Path | str | None = None) -> str:
+    """The markdown of ``profile``'s index page (links relative to :func:`index_path`)."""
+    root = _root(results_root)
+    prof = PROFILES[profile]
+    tot = status.totals(profile)
+    cmd = "mtlrepro report --all" + ("" if profile == "full" else f" --profile {profile}")
+    lines = [f"<!-- generated by `{cmd}`: do not edit by hand, it is rewritten from the store -->",
+             f"# Reproduction status — profile `{profile}`", ""]
+    if prof.synthetic:
+        lines += [f"> **SYNTHETIC — {SYNTHETIC_LINE}.** The `{profile}` profile ({prof.description}) shows that "
+                  "the pipeline runs end to end; its verdicts say nothing about whether the published numbers "
+                  "hold.", ""]
+    other = [p for p in PROFILES if p != profile]
+    links = ", ".join(f"[{p}]({Path(os.path.relpath(index_path(p, root), index_path(profile, root).parent)).as_posix()})"
+                      for p in other)
+    seeds = "each recipe's own" if status.seeds is None else ", ".join(map(str, status.seeds))
+    hours = hours_text(tot["gpu_hours"], tot["hours_known"], tot["to_run"])
+    lines += [f"Generated by `{cmd}` from the registry (`reproduce/<paper>/<table>.yaml`), the recipes "
+              f"(`reproduce/recipes/`) and the run records (`runs/{profile}/`). **Do not edit by hand**: the "
+              f"next `{cmd}` rewrites it. Other profiles: {links}.", "",
+              f"- **Tables:** {tot['tables']} ({tot['in_scope']} in scope"
+              + (f", {tot['errors']} with errors" if tot["errors"] else "") + f"); {tot['rows']} printed rows: "
+              f"{tot['ready']} with a runnable recipe, {tot['not_implemented']} not implemented, "
+              f"{tot['ambiguous']} ambiguous",
+              f"- **Runs stored:** {tot['runs']} finished, {tot['failed']} failed (distinct records; seeds: {seeds})",
+              f"- **Verdicts (cells):** {verdict_text(tot['verdicts'])}",
+              f"- **Still to run:** {tot['to_run']} jobs ({tot['waiting']} waiting for an upstream run); "
+              f"estimated GPU-hours on {status.device}: {hours}",
+              "",
+              "Columns: *ready* rows have a runnable recipe; *n/i* not implemented; *amb.* ambiguous; *runs*: "
+              "finished records of the ready rows / the runs their recipes ask for; *complete × seeds*: ready rows "
+              "with every seed finished × the recipes' seeds (the paper's count beside); *verdicts*: the cells of "
+              "the report, by verdict (`mtlrepro diff`); *to run*: (recipe, seed) jobs of the table's recipe file "
+              "with no record, searches and runs waiting for them included (`mtlrepro plan`); *GPU-h*: their "
+              f"estimated cost from `reproduce/calibration/{status.calibration}.yaml` (unknown without a "
+              "calibration); *report*: written for tables with a stored run.", ""]
+    for paper in sorted({t.paper for t in status.tables}):
+        tables = [t for t in status.tables if t.paper == paper]
+        lines += [f"## {paper}: {PAPERS.get(paper, paper)}", "",
+                  *_markdown_table([_line(t, profile, root) for t in tables]), "", *_not_run(tables, profile)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_index(status: Status, profile: str, results_root: Path | str | None = None) -> Path:
+    from .store import write_text_atomic
+    path = index_path(profile, results_root)
+    write_text_atomic(path, render_index(status, profile, results_root))
+    return path
+
+
+def write_all(profile: str, seeds: list[int] | None = None, results_root: Path | str | None = None,
+              with_complexity: bool = True, calibration: str = "h100", table_ids: list[str] | None = None,
+              recipe_files: dict[str, RecipeSet] | None = None) -> list[Path]:
+    """``mtlrepro report --all``: the report of every table with a stored run of its rows for
+    ``profile`` (from the diff the status computed), then the index page; the paths written."""
+    from .report import write_report
+
+    root = _root(results_root)
+    status = collect_status((profile,), root, table_ids, recipe_files, seeds, calibration)
+    written = []
+    for t in status.tables:
+        ps = t.profiles.get(profile)
+        if t._table is None or ps is None or ps.error or not (ps.runs or ps.failed):
+            continue
+        written.append(write_report(t._table, profile, seeds, root, with_complexity, t._recipe_set, ps._diff))
+    written.append(write_index(status, profile, root))
+    return written
