@@ -9,10 +9,12 @@ import json
 import pytest
 
 from mtlrepro import leaderboard as lbmod
+from mtlrepro import leaderboard_page as lbpage
 from mtlrepro import store
 from mtlrepro.cli import leaderboard as cli
 from mtlrepro.errors import UsageError, UserError
-from mtlrepro.leaderboard import MethodId, Unresolved, build, find_method, method_id, render_page
+from mtlrepro.leaderboard import MethodId, Unresolved, build, find_method, method_id
+from mtlrepro.leaderboard_page import render_page
 from mtlrepro.recipe import apply_profile, get_recipe
 from mtlrepro.registry import UnknownKeyError
 from mtlrepro.store import RunRecord, save_run
@@ -126,14 +128,14 @@ def test_aliases_and_keys_are_case_insensitive(lb):
 
 
 def test_naming_notes_say_whether_the_names_are_one_algorithm(lb):
-    notes = {n.title: n for n in lbmod.NAMING}
+    notes = {n.title: n for n in lbpage.NAMING}
     mgda = notes["MGDA-UB vs MGDA"]
     assert mgda.same is False and "representation" in mgda.why and "upper-bound" in mgda.why
-    assert {m.key for m in lbmod.note_methods(lb, mgda)} == {"hard_sharing+mgda_ub", "hard_sharing+mgda"}
+    assert {m.key for m in lbpage.note_methods(lb, mgda)} == {"hard_sharing+mgda_ub", "hard_sharing+mgda"}
     assert notes["UW vs Uncertainty"].same and "Kendall" in notes["UW vs Uncertainty"].why
-    assert notes["RLW vs RDW"].same and MethodId("hard_sharing", "rlw") in lbmod.note_methods(lb, notes["RLW vs RDW"])
-    for n in lbmod.NAMING:                      # every note names identities the registry has
-        assert lbmod.note_methods(lb, n), n.title
+    assert notes["RLW vs RDW"].same and MethodId("hard_sharing", "rlw") in lbpage.note_methods(lb, notes["RLW vs RDW"])
+    for n in lbpage.NAMING:                      # every note names identities the registry has
+        assert lbpage.note_methods(lb, n), n.title
     page = render_page(lb)
     assert "**MGDA-UB vs MGDA** — not the same algorithm" in page
     assert "**UW vs Uncertainty** — the same algorithm" in page
@@ -166,7 +168,7 @@ def test_measured_delta_comes_from_the_store_and_the_baseline_from_the_table(tmp
     assert "+5.0000" in render_page(board)
     nr = _entry(board, "conal/table3", "mtan")
     assert nr.delta.measured is None and nr.delta.measured_text() == "not run"
-    data = json.loads(json.dumps(lbmod.method_json(board, e.method)))
+    data = json.loads(json.dumps(lbpage.method_json(board, e.method)))
     row = next(r for r in data["rows"] if r["table"] == "conal/table3")
     assert row["delta"]["measured"] == pytest.approx(5.0, abs=1e-9) and row["delta"]["published"] == -0.5088
 
@@ -189,15 +191,15 @@ def test_no_measured_value_without_a_run(lb):
 
 def test_same_store_same_bytes_and_a_new_record_changes_the_page(tmp_path):
     _store(tmp_path, "conal/table3/stl", {k: 10.0 for k in NYU})
-    a, b = lbmod.write_leaderboard("tiny", tmp_path, tmp_path / "a.md"), \
-        lbmod.write_leaderboard("tiny", tmp_path, tmp_path / "b.md")
+    a, b = lbpage.write_leaderboard("tiny", tmp_path, tmp_path / "a.md"), \
+        lbpage.write_leaderboard("tiny", tmp_path, tmp_path / "b.md")
     assert a.read_bytes() == b.read_bytes()
-    assert a.read_text().splitlines()[0].startswith(f"> **{lbmod.SYNTHETIC_LINE}.**")
+    assert a.read_text().splitlines()[0].startswith(f"> **{lbpage.SYNTHETIC_LINE}.**")
     _store(tmp_path, "conal/table3/mtan", dict({k: 10.0 for k in NYU}, miou=12.0))   # seg +10% -> Δ_I 3.3333
-    c = lbmod.write_leaderboard("tiny", tmp_path, tmp_path / "c.md").read_text()
+    c = lbpage.write_leaderboard("tiny", tmp_path, tmp_path / "c.md").read_text()
     assert c != a.read_text() and "+3.3333" in c and "+3.3333" not in a.read_text()
-    assert lbmod.leaderboard_path("tiny", tmp_path) == tmp_path / "tiny" / "leaderboard.md"
-    assert lbmod.leaderboard_path("full", tmp_path) == tmp_path / "leaderboard.md"
+    assert lbpage.leaderboard_path("tiny", tmp_path) == tmp_path / "tiny" / "leaderboard.md"
+    assert lbpage.leaderboard_path("full", tmp_path) == tmp_path / "leaderboard.md"
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -215,7 +217,7 @@ def test_cli_method_json_all_and_unknown(tmp_path, monkeypatch, capsys):
     assert out["key"] == "hard_sharing+uw" and out["synthetic"] and {"conal", "gatedmtl"} == set(out["papers"])
     assert cli.run(_args("--all", "--profile", "tiny")) == 0
     page = (tmp_path / "tiny" / "leaderboard.md").read_text()
-    assert page.startswith(f"> **{lbmod.SYNTHETIC_LINE}.**") and "# Cross-paper leaderboard" in page
+    assert page.startswith(f"> **{lbpage.SYNTHETIC_LINE}.**") and "# Cross-paper leaderboard" in page
     with pytest.raises(UnknownKeyError, match="Did you mean: GradNorm"):
         cli.run(_args("gradnrm", "--profile", "tiny"))
     for bad in (("MTAN", "--all"), (), ("--all", "--json")):

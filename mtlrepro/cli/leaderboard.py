@@ -37,7 +37,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..leaderboard import build, find_method, method_json, render_method, write_leaderboard
+    from ..leaderboard import build, find_method
+    from ..leaderboard_page import method_json, render_method, write_leaderboard
 
     if args.all:
         print(f"wrote {write_leaderboard(args.profile, out=args.out)}")

@@ -23,6 +23,8 @@ A recipe's ``selection`` field names one rule; the run record keeps every epoch'
 """
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 from typing import Any, Protocol, Sequence
 
 __all__ = ["select_final", "check_selection_rule", "is_test_set_selection", "selection_label",
@@ -105,7 +107,7 @@ def select_final(epochs: Sequence[_Epoch], rule: str) -> dict[str, Any]:
         return {"metrics": {m: sum(r.metrics[m] for r in tail) / len(tail) for m in keys},
                 "epoch": [r.epoch for r in tail], "selection": rule}
     else:
-        raise ValueError(f"unknown selection rule {rule!r} ({RULES})")
+        raise ConfigError(f"unknown selection rule {rule!r} ({RULES})")
     return {"metrics": dict(e.metrics), "epoch": e.epoch, "selection": rule}
 
 
@@ -118,7 +120,7 @@ def check_selection_rule(rule: str) -> None:
     if rule.startswith("best_delta_vs_first:"):
         _task_groups(rule.split(":", 1)[1])
         return
-    raise ValueError(f"unknown selection rule {rule!r} ({RULES})")
+    raise ConfigError(f"unknown selection rule {rule!r} ({RULES})")
 
 
 def is_test_set_selection(rule: str, dataset: str, eval_split: str) -> bool:

@@ -51,6 +51,8 @@ Steps return the summed task losses as a detached tensor: no host sync on the ho
 """
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 from typing import Callable
 
 import torch
@@ -91,7 +93,7 @@ def check_update_weighting(update: str, weighting: str) -> None:
     if reason is None:
         return
     updates = [u for u in STEPS.names() if _unsupported_reason(u, WEIGHTINGS.get(weighting)) is None]
-    raise ValueError(f"update {update!r} with weighting {weighting!r} is not implemented: {reason}. "
+    raise ConfigError(f"update {update!r} with weighting {weighting!r} is not implemented: {reason}. "
                      f"Weightings {update!r} supports: {', '.join(supported_weightings(update))}; "
                      f"updates {weighting!r} supports: {', '.join(updates)}")
 
@@ -99,7 +101,7 @@ def check_update_weighting(update: str, weighting: str) -> None:
 def _require_supported(update: str, weighting) -> None:
     reason = _unsupported_reason(update, type(weighting))
     if reason is not None:
-        raise ValueError(f"update {update!r} with weighting {weighting.name!r} is not implemented: {reason}")
+        raise ConfigError(f"update {update!r} with weighting {weighting.name!r} is not implemented: {reason}")
 
 
 def joint_forward(model, weighting, optimizer, problem, x, targets):

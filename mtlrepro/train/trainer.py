@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..claims import heartbeat
 from ..methods import build_weighting
 from ..models import build_model
 from ..problems import build_problem
@@ -258,6 +259,7 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
             "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
             "segments": segments, "seconds": elapsed(),
         })
+        heartbeat()   # the job's claim is alive (mtlrepro/claims.py: a claim not refreshed goes stale by age)
         if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs and epoch + 1 < recipe.epochs:
             return None
     record.final = select_final(record.epochs, recipe.selection)

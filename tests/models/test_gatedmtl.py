@@ -187,3 +187,47 @@ def test_all_task_specific_gates_prune_to_exactly_the_stl_networks():
     stl = count(build_model("resnet20", "single_task", [1, 1, 1], width_mult=0.5), (3, 32, 32))
     assert pruned.params_total == stl.params_total
     assert pruned.flops_conv == stl.flops_conv_all_tasks
+
+
+VIT = {"timm_kwargs": {"embed_dim": 32, "depth": 12, "num_heads": 2}}
+
+
+def test_a_gated_vit_prunes_to_the_same_outputs():
+    """Appendix E: output gates on the patch embedding and every block's q/k/v, projection and FFN
+    linears; the pruned ViT (task rows whose gate is 1, shared rows some task reads) computes the same."""
+    torch.manual_seed(0)
+    model = build_model("dpt_vits", "gatedmtl", [5, 1, 3], **VIT).to(D)
+    assert len(model.gate_mixes()) == 1 + 4 * 12
+    _random_gates(model, seed=2)
+    model.eval()
+    static = prune(model, (3, 32, 32))
+    x = torch.rand(2, 3, 32, 32, dtype=D)
+    with torch.no_grad():
+        for a, b in zip(model(x), static(x)):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+    qkv = model.gate_mixes()[1]
+    g = qkv.gates().bool()
+    kept = dict(static.encoder.blocks[0].attn.qkv.named_buffers())
+    assert len(kept["rows0"]) == int((~g.all(0)).sum())            # shared rows: some task reads them
+    assert [len(kept[f"rows{k + 1}"]) for k in range(3)] == g.sum(1).tolist()
+
+
+def test_a_gated_vit_with_every_gate_task_specific_is_the_stl_networks():
+    torch.manual_seed(0)
+    stl = build_model("dpt_vits", "single_task", [5, 1, 3], **VIT).to(D)
+    with torch.no_grad():   # GatedMTL keeps one class token and position embedding (shared): make the STL's equal
+        for net in stl.nets[1:]:
+            net.cls_token.copy_(stl.nets[0].cls_token)
+            net.pos_embed.copy_(stl.nets[0].pos_embed)
+    gated = build_model("dpt_vits", "gatedmtl", [5, 1, 3], **VIT).to(D)
+    gated.load_task_branches(stl)
+    with torch.no_grad():
+        gated.encoder.cls_token.copy_(stl.nets[0].cls_token)
+        gated.encoder.pos_embed.copy_(stl.nets[0].pos_embed)
+        for m in gated.gate_mixes():
+            m.alpha.fill_(3.0)
+    gated.eval(), stl.eval()
+    x = torch.rand(2, 3, 32, 32, dtype=D)
+    with torch.no_grad():
+        for t, out in enumerate(gated(x)):
+            torch.testing.assert_close(out, stl(x, task=t), rtol=0, atol=1e-10)

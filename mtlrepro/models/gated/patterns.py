@@ -1,8 +1,9 @@
 """Gates as data: what a trained GatedMTL model stores in its run record, and Figure 3's patterns.
 
 ``export_gating(model)`` -> ``{"units": [...], "tasks": T}``; per gated unit (forward order):
-``index`` / ``role`` / ``channels`` of the backbone's conv, ``gates`` (per task a string of ``0`` /
-``1``, one per input channel: 1 = the task's own feature, Eq. 2) and ``mix`` (per task the mean of
+``index`` / ``role`` / ``channels`` (the gate's width: a conv unit's input channels, a ViT layer's
+outputs), ``gates`` (per task a string of ``0`` / ``1``, one per channel: 1 = the task's own
+feature, Eq. 2 / 7-9) and ``mix`` (per task the mean of
 ``softmax_t(beta)`` over channels). :func:`apply_gating` sets a model's gates back from it (a model
 rebuilt at another input size for counting: pruning needs the gates only).
 
@@ -36,7 +37,7 @@ def export_gating(model) -> dict:
             top = (w == w.max(dim=0, keepdim=True).values).float()
             top = top / top.sum(dim=0, keepdim=True)       # ties (e.g. beta at its init 0) split evenly
             units.append({
-                "index": int(u.spec.index), "role": u.spec.role, "channels": int(u.spec.in_ch),
+                "index": int(u.spec.index), "role": u.spec.role, "channels": int(u.mix.channels),
                 "gates": ["".join("1" if v else "0" for v in row.tolist()) for row in g],
                 "mix": [round(float(v), 6) for v in w.mean(dim=1)],
                 "max_contribution": [round(float(top[t].mean()), 6) for t in range(model.n_tasks)],
@@ -54,9 +55,9 @@ def apply_gating(model, gating: dict) -> None:
                          f"{len(units)} for {model.n_tasks}: not the same architecture")
     with torch.no_grad():
         for u, s in zip(units, stored):
-            if int(s["channels"]) != u.spec.in_ch or int(s["index"]) != u.spec.index:
+            if int(s["channels"]) != u.mix.channels or int(s["index"]) != u.spec.index:
                 raise ValueError(f"stored gating unit {s['index']} ({s['channels']} channels) does not match "
-                                 f"unit {u.spec.index} ({u.spec.in_ch})")
+                                 f"unit {u.spec.index} ({u.mix.channels})")
             bits = torch.tensor([[c == "1" for c in row] for row in s["gates"]], dtype=torch.bool)
             u.mix.alpha.copy_(torch.where(bits, GATE_LOGIT, -GATE_LOGIT).to(u.mix.alpha))
 

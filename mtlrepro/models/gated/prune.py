@@ -61,7 +61,7 @@ def live_channels(model, input_shape: tuple[int, ...], seed: int = 0) -> list[Te
     probe = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
     gen = torch.Generator().manual_seed(seed)
     _redraw(probe, gen)
-    units = probe.gated_units()
+    units = [u for u in probe.gated_units() if isinstance(u, GatedUnit)]
     outs: dict[int, Tensor] = {}
 
     def keep(i):
@@ -176,8 +176,15 @@ def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
 
 def prune(model, input_shape: tuple[int, ...]) -> nn.Module:
     """The static inference network of a gated model (a copy; ``model`` is unchanged)."""
-    live = live_channels(model, input_shape)
+    from .vit import PrunedOutputGated
+
     static = copy.deepcopy(model)
-    for u, lv in zip(static.gated_units(), live):
+    layers = static.gated_units()
+    units = [u for u in layers if isinstance(u, GatedUnit)]
+    live = live_channels(model, input_shape) if units else []
+    for u, lv in zip(units, live):
         _replace(static, u, PrunedUnit(u, lv))
+    for u in layers:   # a ViT's output-gated layers: what is kept is read off the gates
+        if not isinstance(u, GatedUnit):
+            _replace(static, u, PrunedOutputGated(u))
     return static.eval()

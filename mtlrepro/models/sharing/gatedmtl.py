@@ -12,6 +12,11 @@ its task's stream of the encoder output (Algorithm 1 returns ``[phi_1^L .. phi_T
 branch's last layer therefore feeds nothing and is pruned). Not task-conditional: one forward gives
 every task (Sec. 2: "predict all tasks in a single forward pass").
 
+On the DPT ViTs (:data:`VIT_BACKBONES`, Appendix E) the plain ViT is built first (its weights) and
+its patch embedding and block linears are replaced by output-gated layers on ``T`` task streams (the
+shared branch's input is always the beta-mix, so it carries no stream of its own):
+:mod:`mtlrepro.models.gated.vit`.
+
 Initialisation (Sec. 4.1, "Training pipeline"): ``pretrained`` loads the backbone's ImageNet
 weights into every branch (the shared one keeps them); :meth:`load_task_branches` then copies each
 task's single-task network (a trained :class:`~mtlrepro.models.sharing.single_task.SingleTask`)
@@ -34,12 +39,16 @@ from torch import Tensor, nn
 
 from ..gated.gates import SPARSITY_FORMS, GateMix, sparsity_loss
 from ..gated.unit import GatedUnit
+from ..gated.vit import GatedLinear, OutputGatedConv, gate_vit_blocks, load_vit_task
 from ..heads import head_factory
 from ..interface import MTLModel, PerTask
 from ..registries import BACKBONES, SHARING
 from ..units import ConvBN
 
-__all__ = ["GatedMTL"]
+__all__ = ["GatedMTL", "VIT_BACKBONES"]
+
+#: backbones gated as ViTs (Appendix E): output gates on the patch embedding and the block linears
+VIT_BACKBONES = ("dpt_vitb", "dpt_vits")
 
 
 @SHARING.register("gatedmtl")
@@ -48,13 +57,14 @@ class GatedMTL(MTLModel):
 
     task_conditional = False
 
-    def __init__(self, backbone: str, out_dims: list[int], head: str | None = None,
-                 head_kwargs: dict | None = None, sparsity: str = "hinge", lambda_s: float = 0.0,
+    def __init__(self, backbone: str, out_dims: list[int], sparsity: str = "hinge", lambda_s: float = 0.0,
                  tau: float | Sequence[float] = 0.0, gate_lr: float = 0.1, gate_momentum: float = 0.0,
                  alpha_init: float = 0.1, mix_input: str = "gated", sparsity_reduce: str = "mean",
-                 pretrained: str | None = None,
                  **backbone_kwargs):
         super().__init__()
+        # build_model's model fields (not this scheme's options: they would enter every fingerprint)
+        head, head_kwargs = backbone_kwargs.pop("head", None), backbone_kwargs.pop("head_kwargs", None)
+        pretrained = backbone_kwargs.pop("pretrained", None)
         self._set_tasks(backbone, out_dims)
         if sparsity not in SPARSITY_FORMS:
             raise ValueError(f"gatedmtl: sparsity must be one of {', '.join(SPARSITY_FORMS)}, got {sparsity!r}")
@@ -68,21 +78,40 @@ class GatedMTL(MTLModel):
         self.sparsity_reduce = sparsity_reduce
         self.register_buffer("tau", torch.tensor(taus), persistent=False)
         builder = BACKBONES.get(backbone)
-        bb = builder(lambda spec: GatedUnit(spec, self.n_tasks, alpha_init, mix_input), **backbone_kwargs)
+        self.vit = backbone in VIT_BACKBONES
+        if self.vit:   # Appendix E: the plain ViT (its weights), then its layers gated in place
+            bb = builder(ConvBN, pretrained=pretrained, **backbone_kwargs)
+            plain = bb.encoder.patch_embed
+            bb.encoder.patch_embed = OutputGatedConv(plain.spec, self.n_tasks, alpha_init)
+            for branch in bb.encoder.patch_embed.branches():
+                branch.load_state_dict(plain[0].state_dict())
+            gate_vit_blocks(bb.encoder.blocks, self.n_tasks, alpha_init)
+            pretrained = None
+        else:
+            bb = builder(lambda spec: GatedUnit(spec, self.n_tasks, alpha_init, mix_input), **backbone_kwargs)
+        #: activations are stacked streams: the shared one first (conv units), then one per task
+        self.n_streams, self.task_offset = (self.n_tasks, 0) if self.vit else (self.n_tasks + 1, 1)
         self.encoder = bb.encoder
         self.feature_dim = bb.feature_dim
         make_head = head_factory(bb.feature_dim, bb.make_head, head, head_kwargs)
         self.heads = PerTask([make_head(d) for d in self.out_dims])
-        if not any(isinstance(u, GatedUnit) for u in self.encoder.units()):
+        if not self.gated_units():
             raise ValueError(f"gatedmtl: backbone {backbone!r} builds no conv unit through make_unit")
         if pretrained is not None:
             plain = builder(ConvBN, pretrained=pretrained, **backbone_kwargs)
             self.load_plain_encoder(plain.encoder)
 
     # --- structure ----------------------------------------------------------------------------
-    def gated_units(self) -> list[GatedUnit]:
-        """The encoder's gated units in forward order (the first, on the image, has no gate)."""
+    def gated_units(self) -> list[nn.Module]:
+        """The encoder's gated layers in forward order: conv units (the first, on the image, has no
+        gate), or a ViT's patch embedding and block linears (:mod:`~mtlrepro.models.gated.vit`)."""
+        if self.vit:
+            return [m for m in self.encoder.modules() if isinstance(m, (OutputGatedConv, GatedLinear))]
         return [u for u in self.encoder.units() if isinstance(u, GatedUnit)]
+
+    def units(self) -> list[nn.Module]:
+        """The backbone's conv units (each holding its shared and task branches)."""
+        return self.encoder.units()
 
     def gate_mixes(self) -> list[GateMix]:
         """The ``L`` gated layers of Eq. 4."""
@@ -96,10 +125,10 @@ class GatedMTL(MTLModel):
     def forward(self, x: Tensor, task: int | None = None) -> list[Tensor]:
         if task is not None:
             raise ValueError("gatedmtl is not task-conditional: call model(x) (returns all tasks)")
-        s, b = self.n_tasks + 1, x.shape[0]
+        s, b = self.n_streams, x.shape[0]
         z = self.encoder(x.repeat(s, *([1] * (x.dim() - 1))))
         z = z.view(s, b, *z.shape[1:])
-        return [h(z[1 + t]) for t, h in enumerate(self.heads)]
+        return [h(z[self.task_offset + t]) for t, h in enumerate(self.heads)]
 
     def regularization_loss(self) -> Tensor | None:
         """``lambda_s L_sparsity(alpha)`` (Eq. 5), or None when it is off (``lambda_s`` 0 or ``none``)."""
@@ -128,6 +157,11 @@ class GatedMTL(MTLModel):
         if getattr(stl, "n_tasks", None) != self.n_tasks or not hasattr(stl, "nets"):
             raise ValueError(f"gatedmtl: init_from needs a single_task model of {self.n_tasks} tasks, "
                              f"got {type(stl).__name__}")
+        if self.vit:
+            for t in range(self.n_tasks):
+                load_vit_task(self.encoder, stl.nets[t], t)
+                self.heads[t].load_state_dict(stl.heads[t].state_dict())
+            return
         gated = self.encoder.units()
         for t in range(self.n_tasks):
             units = stl.units(t)
