@@ -30,15 +30,10 @@ def figure_set(figure_id: str) -> RecipeSet:
 
 def figure_recipes(figure_id: str) -> list:
     """The recipes a figure runs: its own sweep, or, for a trade-off figure (``kind: tradeoff``), the
-    recipes of every panel's table (:mod:`mtlrepro.tradeoff_figure`)."""
+    recipes of every panel's table (:func:`mtlrepro.launch.resolve_recipes`)."""
+    figure_set(figure_id)
     from .launch import resolve_recipes
-    rs = figure_set(figure_id)
-    if rs.figure.get("kind") != "tradeoff":
-        return resolve_recipes(figure_id)
-    out = []
-    for table in dict.fromkeys(p["table"] for p in rs.figure["panels"]):
-        out += resolve_recipes(table)
-    return out
+    return resolve_recipes(figure_id)
 
 
 def panel_metrics(panel: dict) -> list[str]:

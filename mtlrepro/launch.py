@@ -41,7 +41,10 @@ def resolve_recipes(target: str) -> list[Recipe]:
     from .tables import get_table, table_registry
 
     if target in recipe_sets() and target not in table_registry():  # a figure sweep
-        return list(recipe_sets()[target].recipes)
+        rs = recipe_sets()[target]
+        if (rs.figure or {}).get("kind") == "tradeoff":   # a figure of tables' rows (GatedMTL Figure 2)
+            return [r for p in dict.fromkeys(p["table"] for p in rs.figure["panels"]) for r in resolve_recipes(p)]
+        return list(rs.recipes)
     if target in table_registry() or "/" not in target or target.count("/") == 1:
         try:
             table = get_table(target)

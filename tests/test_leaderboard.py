@@ -79,11 +79,11 @@ def test_a_relabelled_row_keeps_its_recipes_method(empty_store):
     assert e.label == "PCGrad" and e.method == MethodId("hard_sharing", "uw")
 
 
-def test_placeholder_recipes_get_no_identity(lb):
-    # GatedMTL on a ViT is not implemented; its recipes hold hard_sharing + equal as placeholders
+def test_every_gatedmtl_row_is_the_gatedmtl_method(lb):
+    """The rows' recipes decide (a placeholder recipe of another scheme would be counted as it)."""
     e = _entry(lb, "gatedmtl/table3", "gatedmtl_1")
-    assert e.method is None and "not implemented" in e.unresolved
-    assert all(x.method != MethodId("hard_sharing", "equal") for x in lb.entries if x.label == "GatedMTL")
+    assert e.method == MethodId("gatedmtl", "equal")
+    assert all(x.method == MethodId("gatedmtl", "equal") for x in lb.entries if x.label == "GatedMTL")
 
 
 def test_display_names_are_unique(lb):

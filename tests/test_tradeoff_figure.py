@@ -95,12 +95,12 @@ def test_rows_without_measured_points_are_listed_with_their_verdict(tmp_path):
     p = _panel(tmp_path, 1)
     missing = {m.row: m for m in p.missing}
     assert set(missing) == {r.key for r in get_table("gatedmtl/table4").rows} - {"stl"}
-    assert missing["mtl_uniform"].verdict == "missing" and missing["gatedmtl_1"].verdict == "not implemented"
+    assert missing["mtl_uniform"].verdict == "missing" and missing["gatedmtl_1"].verdict == "missing"
     _, md = write_figure(FIG, "full", tmp_path)
     text = md.read_text()
     section = text.split("## (b)", 1)[1].split("## (c)", 1)[0].split("### Rows without a measured point", 1)[1]
     assert "`mtl_uniform` (MTL (Uni.)): **missing** — no run stored" in section
-    assert "`gatedmtl_4` (GatedMTL): **not implemented**" in section and "`stl`" not in section
+    assert "`gatedmtl_4` (GatedMTL): **missing**" in section and "`stl`" not in section
 
 
 def test_x_without_complexity_is_missing_not_zero(tmp_path):

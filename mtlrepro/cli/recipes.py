@@ -37,5 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fingerprint(recipe) -> str | None:
-    """A runnable recipe's fingerprint; none for a row that is not implemented (its scheme may not exist)."""
-    return recipe.fingerprint if recipe.status == "ready" else None
+    """A runnable recipe's fingerprint; none for a row that is not implemented (its scheme may not
+    exist), and "after <upstream>" for one whose fingerprint names an upstream run (a searched
+    architecture, or GatedMTL's STL weights, whose fingerprint resolves without a run)."""
+    if recipe.status != "ready":
+        return None
+    if recipe.architecture_from and "architecture" not in recipe.sharing_kwargs:
+        return f"after {recipe.architecture_from}"
+    if recipe.init_from and not recipe.init_weights:
+        from ..pipeline import resolve_init
+        return resolve_init(recipe, "full").fingerprint
+    return recipe.fingerprint
