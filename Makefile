@@ -13,7 +13,7 @@ DATA_ROOT ?=
 DEVICE ?=
 RUN_ARGS := --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(DEVICE),--device $(DEVICE))
 
-.PHONY: help venv test test-fast bench audit tables clean-venv
+.PHONY: help venv test test-fast bench audit tables status leaderboard clean-venv
 help:
 	@sed -n '1,5p' Makefile
 
@@ -46,6 +46,14 @@ table%: venv
 # make figureN -> the sweep and plot of $(PAPER)/figureN
 figure%: venv
 	$(PY) -m mtlrepro reproduce $(PAPER)/figure$* $(RUN_ARGS)
+
+# the whole reproduction: every table's status, every report + results/README.md, the cross-paper leaderboard
+status: venv
+	$(PY) -m mtlrepro status --profile $(PROFILE)
+
+leaderboard: venv
+	$(PY) -m mtlrepro report --all --profile $(PROFILE)
+	$(PY) -m mtlrepro leaderboard --all --profile $(PROFILE)
 
 clean-venv:
 	rm -rf $(VENV)
