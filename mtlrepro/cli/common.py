@@ -42,6 +42,14 @@ def add_allow_subset_argument(p: argparse.ArgumentParser) -> None:
     p.set_defaults(_check=check_run_arguments)
 
 
+def apply_allow_subset(args: argparse.Namespace) -> None:
+    """``--allow-subset`` given: set :data:`~mtlrepro.problems.paths.ALLOW_SUBSET_ENV` so that every
+    problem builder of this process and of its worker processes accepts other split sizes."""
+    if getattr(args, "allow_subset", False):
+        from ..problems.paths import ALLOW_SUBSET_ENV
+        os.environ[ALLOW_SUBSET_ENV] = "1"
+
+
 def data_expect(args: argparse.Namespace) -> str:
     """The data loaders' ``expect``: ``"any"`` with ``--allow-subset``, else ``"full"`` (the tiny
     profile's builders use ``"any"`` whatever this says)."""

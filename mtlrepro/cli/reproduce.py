@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_run_arguments, parse_seeds
+from .common import add_run_arguments, parse_seeds, add_allow_subset_argument, apply_allow_subset
 
 NAME = "reproduce"
 HELP = "run the missing runs of a table, then diff and write its report"
@@ -15,6 +15,7 @@ EPILOG = ("examples:\n  mtlrepro reproduce etr_nlp/table4 --profile tiny\n"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", help="table id (or a figure sweep id, e.g. etr_nlp/figure6)")
     add_run_arguments(p)
+    add_allow_subset_argument(p)
     p.add_argument("--launcher", default="inprocess", help="inprocess | local-multi | slurm")
     p.add_argument("--workers", type=int, default=None, help="local-multi: concurrent jobs (default: GPUs, or 2 on CPU)")
     p.add_argument("--no-progress", action="store_true")
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_allow_subset(args)
     from collections import Counter
 
     from ..compare import compare_table

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_run_arguments, parse_seeds
+from .common import add_run_arguments, parse_seeds, add_allow_subset_argument, apply_allow_subset
 
 NAME = "run"
 HELP = "train and evaluate the missing runs of a table or recipe (resumable)"
@@ -20,6 +20,7 @@ EPILOG = ("examples:\n  mtlrepro run etr_nlp/table4 --profile tiny\n"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="table id (all rows) or recipe id")
     add_run_arguments(p)
+    add_allow_subset_argument(p)
     p.add_argument("--retry-failed", action="store_true", help="rerun runs stored as failed")
     p.add_argument("--launcher", default="inprocess", help="inprocess | local-multi | slurm")
     p.add_argument("--workers", type=int, default=None, help="local-multi: concurrent jobs (default: GPUs, or 2 on CPU)")
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 when every job of the target is finished (or is another sweep's to run); 1 when one
     failed (in this sweep or stored as failed) or its worker crashed or was killed (named at the
     end); 2 bad input, 3 a fault of the machine (:mod:`mtlrepro.cli.main`)."""
+    apply_allow_subset(args)
     from ..launch import Tally, make_launcher, plan_jobs, resolve_recipes, retry
     from ..pipeline import run_pipeline
     from ..store import clean_leftover_tmp
