@@ -42,10 +42,7 @@ class Waiting(Exception):
 
 def upstream_recipe(recipe: Recipe) -> Recipe | None:
     """The recipe ``recipe`` takes its architecture from (a bare row names one of the same table)."""
-    name = recipe.architecture_from
-    if not name:
-        return None
-    return get_recipe(name if "/" in name else f"{recipe.table}/{name}")
+    return _named_recipe(recipe, recipe.architecture_from)
 
 
 def architecture_of(record) -> dict:
@@ -63,7 +60,11 @@ def architecture_of(record) -> dict:
 
 def init_recipe(recipe: Recipe) -> Recipe | None:
     """The recipe whose trained weights initialise ``recipe`` (``init_from``; GatedMTL's STL rows)."""
-    name = recipe.init_from
+    return _named_recipe(recipe, recipe.init_from)
+
+
+def _named_recipe(recipe: Recipe, name: str | None) -> Recipe | None:
+    """The recipe ``name`` (a recipe id, or a bare row of ``recipe``'s table), None when unset."""
     if not name:
         return None
     return get_recipe(name if "/" in name else f"{recipe.table}/{name}")

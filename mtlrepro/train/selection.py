@@ -23,9 +23,9 @@ A recipe's ``selection`` field names one rule; the run record keeps every epoch'
 """
 from __future__ import annotations
 
-from ..errors import ConfigError
-
 from typing import Any, Protocol, Sequence
+
+from ..errors import ConfigError
 
 __all__ = ["select_final", "check_selection_rule", "is_test_set_selection", "selection_label",
            "delta_vs_base", "RULES"]

@@ -51,12 +51,11 @@ Steps return the summed task losses as a detached tensor: no host sync on the ho
 """
 from __future__ import annotations
 
-from ..errors import ConfigError
-
 from typing import Callable
 
 import torch
 
+from ..errors import ConfigError
 from ..methods import WEIGHTINGS
 from ..methods.logs import EpochLogs
 from ..models.batched import auto_chunk_for, task_chunks
