@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .compare import TableDiff
-from .recipe import PROFILES
+from .profiles import PROFILES
 from .schema import Column, Table
 from .store import write_bytes_atomic
 from .verdict import VERDICTS, Tolerance
@@ -113,13 +113,18 @@ def panels(td: TableDiff, pts: list[CellPoint] | None = None, max_panels: int = 
 
 
 def is_synthetic(profile: str) -> bool:
-    return profile != "full" or PROFILES[profile].synthetic
+    return PROFILES[profile].synthetic
+
+
+def caveat(profile: str) -> str:
+    """What a plot or page of ``profile``'s numbers says first ("" for ``full``)."""
+    return SYNTHETIC_NOTE if is_synthetic(profile) else PROFILES[profile].banner
 
 
 def title(td: TableDiff) -> str:
     """The PNG's title; any profile but ``full`` says it is synthetic."""
     text = f"{td.table.id}: published vs measured per cell (profile {td.profile})"
-    return text + (f"\n{SYNTHETIC_NOTE}" if is_synthetic(td.profile) else "")
+    return text + (f"\n{caveat(td.profile)}" if caveat(td.profile) else "")
 
 
 def row_numbers(table: Table) -> dict[str, int]:
@@ -234,4 +239,6 @@ def report_lines(td: TableDiff, png: Path | None) -> list[str]:
                                                    for k, label, group in rows) + "."]
     if is_synthetic(td.profile):
         lines += ["", f"**SYNTHETIC** ({SYNTHETIC_NOTE})."]
+    elif caveat(td.profile):
+        lines += ["", f"**{caveat(td.profile)}** (profile `{td.profile}`)."]
     return lines + [""]

@@ -32,7 +32,8 @@ from .delta import MetricValue, delta
 from .derived import recompute_mean_rank, recompute_overall
 from .metrics.definitions import get_def, incomparable_reason, same_quantity
 from .pipeline import Waiting, resolve_upstream
-from .recipe import Recipe, RecipeSet, apply_profile, recipe_sets
+from .recipe import Recipe, RecipeSet, recipe_sets
+from .profiles import apply_profile
 from .schema import SCALE_SUFFIX, Column, Row, Table
 from .store import RunRecord, find_run
 from .verdict import ALPHA, TEST_NAME, VERDICTS, Tolerance, judge

@@ -9,8 +9,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .compare import VERDICTS  # noqa: F401  (same store semantics as tables)
-from .recipe import PROFILES, RecipeSet, apply_profile, recipe_sets
+from .recipe import RecipeSet, recipe_sets
+from .profiles import PROFILES, apply_profile
 from .store import RESULTS_DIR, find_run, write_text_atomic
 
 
@@ -97,15 +97,15 @@ def write_figure(figure_id: str, profile: str, results_root=None) -> tuple[Path,
             ax2.set_ylabel(", ".join(panel["secondary_metrics"]) + " (dashed)")
         if handles:
             ax.legend(handles=handles, fontsize=7)
-    synthetic = PROFILES[profile].synthetic
-    fig.suptitle(rs.figure["title"] + ("\nSYNTHETIC DATA — not comparable with the paper" if synthetic else ""),
+    caveat = PROFILES[profile].banner
+    fig.suptitle(rs.figure["title"] + (f"\n{caveat} (profile {profile})" if caveat else ""),
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
     lines = [f"# {figure_id} — {rs.figure['title']}", ""]
-    if synthetic:
-        lines += [f"> **SYNTHETIC DATA — NOT COMPARABLE WITH THE PAPER** (profile `{profile}`).", ""]
+    if caveat:
+        lines += [f"> **{caveat}** (profile `{profile}`: {PROFILES[profile].description}).", ""]
     lines += [f"> {rs.figure['note']}", "", f"![{figure_id}]({png.name})", "",
               tabulate([[p["panel"], p["x"], p["metric"], p["n"], "—" if p["mean"] is None else f"{p['mean']:.3f}",
                          "—" if p["std"] is None else f"{p['std']:.3f}"] for p in pts],

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .recipe import PROFILES, RecipeSet
+from .recipe import RecipeSet
+
+from .profiles import PROFILES
 from .schema import PAPERS
 from .status import (Status, TableStatus, collect_status, group_notes, hours_text, one_line, runs_text,
                      seeds_text, verdict_text)
@@ -102,6 +104,8 @@ def render_index(status: Status, profile: str, results_root: Path | str | None =
         lines += [f"> **SYNTHETIC — {SYNTHETIC_LINE}.** The `{profile}` profile ({prof.description}) shows that "
                   "the pipeline runs end to end; its verdicts say nothing about whether the published numbers "
                   "hold.", ""]
+    elif prof.banner:
+        lines += [f"> **{prof.banner}.** The `{profile}` profile: {prof.description}.", ""]
     other = [p for p in PROFILES if p != profile]
     links = ", ".join(f"[{p}]({Path(os.path.relpath(index_path(p, root), index_path(profile, root).parent)).as_posix()})"
                       for p in other)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .pipeline import Waiting, init_waiting, resolve_upstream
-from .recipe import Recipe, apply_profile, get_recipe, recipes_for_table
+from .recipe import Recipe, get_recipe, recipes_for_table
+from .profiles import apply_profile
 from .registry import Registry, UnknownKeyError
 from .store import RunRecord, find_run, weights_path
 

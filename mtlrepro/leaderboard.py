@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .recipe import PROFILES, Recipe, RecipeSet, get_recipe, recipe_sets
+from .recipe import Recipe, RecipeSet, get_recipe, recipe_sets
+from .profiles import PROFILES
 from .registry import UnknownKeyError
 from .schema import Column, Row, Table
 from .tables import TableFormatError, all_tables, get_table

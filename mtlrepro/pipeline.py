@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .recipe import Recipe, apply_profile, get_recipe
+from .recipe import Recipe, get_recipe
+
+from .profiles import apply_profile
 
 __all__ = ["Waiting", "upstream_recipe", "init_recipe", "resolve_upstream", "resolve_init", "init_waiting",
            "architecture_of", "run_pipeline"]

@@ -53,7 +53,7 @@ def profile_table(table: Table, results_root=None, search_profile: str = "full")
     of the gates its stored run of ``search_profile`` (seed 0) learned, at the paper's size."""
     import dataclasses
     from .pipeline import Waiting, resolve_upstream
-    from .recipe import apply_profile
+    from .profiles import apply_profile
 
     rs = recipe_sets().get(table.id)
     by_row = {r.row: r for r in rs.recipes} if rs else {}

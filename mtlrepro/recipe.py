@@ -150,33 +150,6 @@ def _fingerprint(recipe: "Recipe") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Profile:
-    """How a recipe is run: ``full`` as the paper says, ``tiny`` on generated data in minutes."""
-
-    name: str
-    synthetic: bool
-    overrides: dict[str, Any]
-    description: str
-
-
-PROFILES = {
-    "full": Profile("full", False, {}, "the paper's schedule on the real dataset"),
-    "tiny": Profile("tiny", True, {"epochs": 2, "batch_size": 8, "seeds": (0,), "max_steps_per_epoch": 2,
-                             "image_size": 32, "pretrained": None},
-                    "2 epochs × 2 steps of batch 8 at 32×32 on a generated tiny dataset in the real "
-                    "on-disk format, from random initialisation (no pretrained weights); exercises the "
-                    "whole pipeline, numbers are not comparable with the paper"),
-}
-
-
-def apply_profile(recipe: Recipe, profile: str) -> Recipe:
-    if profile not in PROFILES:
-        from .registry import UnknownKeyError
-        raise UnknownKeyError("profile", profile, list(PROFILES))
-    return recipe.with_overrides(**PROFILES[profile].overrides)
-
-
 _FIELD_NAMES = {f.name for f in fields(Recipe)}
 #: the top-level keys of a recipe file
 FILE_FIELDS = ("table", "extends", "defaults", "choices", "tolerances", "recipes", "figure", "suite",

@@ -14,7 +14,8 @@ from tabulate import tabulate
 
 from .compare import CellDiff, TableDiff, compare_table, flops_key, params_key
 from .metrics.definitions import get_def
-from .recipe import PROFILES, RecipeSet, recipe_sets
+from .recipe import RecipeSet, recipe_sets
+from .profiles import PROFILES
 from .schema import PAPERS, Table
 from .store import RESULTS_DIR, git_sha, write_text_atomic
 from .verdict import TEST_NAME
@@ -182,6 +183,9 @@ def _header(td: TableDiff) -> list[str]:
         lines += ["> **SYNTHETIC DATA — NOT COMPARABLE WITH THE PAPER.** These numbers come from the "
                   f"`{profile}` profile ({prof.description}). They show that the pipeline runs end to "
                   "end; they say nothing about whether the published numbers hold.", ""]
+    elif prof.banner:
+        lines += [f"> **{prof.banner}.** These numbers come from the `{profile}` profile ({prof.description}); "
+                  "the split sizes each run trained and was evaluated on are under **Data** below.", ""]
     return lines + [
         f"- **Paper:** {PAPERS[table.paper]}",
         f"- **Caption:** {table.caption}",

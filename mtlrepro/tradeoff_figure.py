@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compare import MACS_TO_UNIT, RowRuns, compare_table, flops_key
-from .recipe import PROFILES, RecipeSet
+from .recipe import RecipeSet
+from .profiles import PROFILES
 from .schema import SCALE_SUFFIX, Column, Row, Table
 from .store import RESULTS_DIR, write_text_atomic
 from .tables import TableFormatError, get_table
@@ -149,7 +150,12 @@ def figure_paths(figure_id: str, profile: str, results_root=None) -> tuple[Path,
 
 
 def is_synthetic(profile: str) -> bool:
-    return profile != "full" or PROFILES[profile].synthetic
+    return PROFILES[profile].synthetic
+
+
+def caveat(profile: str) -> str:
+    """What a plot or page of ``profile``'s numbers says first ("" for ``full``)."""
+    return SYNTHETIC_NOTE if is_synthetic(profile) else PROFILES[profile].banner
 
 
 def collect(rs: RecipeSet, profile: str, seeds: list[int] | None = None, results_root=None,
@@ -216,7 +222,10 @@ def _draw(ax, p: Panel, profile: str) -> None:
 def png_title(rs: RecipeSet, profile: str) -> str:
     """The PNG's title: the figure's, with the synthetic label for any profile but ``full``."""
     title = rs.figure["title"]
-    return title + (f"\nSYNTHETIC: {SYNTHETIC_NOTE} (profile {profile})" if is_synthetic(profile) else "")
+    if not caveat(profile):
+        return title
+    return title + (f"\nSYNTHETIC: {SYNTHETIC_NOTE}" if is_synthetic(profile) else f"\n{caveat(profile)}") + \
+        f" (profile {profile})"
 
 
 def render_png(rs: RecipeSet, panels: list[Panel], profile: str, path: Path) -> None:
@@ -265,8 +274,9 @@ def render_page(figure_id: str, rs: RecipeSet, panels: list[Panel], profile: str
     """The markdown page: a function of the panels alone (no clock, no paths outside the figure)."""
     fig = rs.figure
     lines = [f"# {figure_id} — {fig['title']}", ""]
-    if is_synthetic(profile):
-        lines += [f"> **SYNTHETIC** — {SYNTHETIC_NOTE} (profile `{profile}`: {PROFILES[profile].description}).", ""]
+    if caveat(profile):
+        head = f"**SYNTHETIC** — {SYNTHETIC_NOTE}" if is_synthetic(profile) else f"**{caveat(profile)}**"
+        lines += [f"> {head} (profile `{profile}`: {PROFILES[profile].description}).", ""]
     if fig.get("note"):
         lines += [f"> {' '.join(str(fig['note']).split())}", ""]
     lines += [f"![{figure_id}]({png_name})", "", "## How the points are made", "",

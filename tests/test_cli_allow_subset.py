@@ -1,25 +1,39 @@
-"""``--allow-subset`` reaches the loaders: run / reproduce set the environment variable the problem
-builders (and worker processes) read; with the tiny profile it is a usage error."""
+"""``--allow-subset`` is the ``subset`` profile: its runs are stored under ``runs/subset/`` and never
+count as the full profile's; the loaders accept other split sizes there only; with ``--profile
+tiny`` the flag is a usage error."""
 import pytest
 
-from mtlrepro.cli.common import apply_allow_subset
+from mtlrepro.cli.common import PROFILE_CHOICES, apply_allow_subset
 from mtlrepro.cli.main import build_parser, main
-from mtlrepro.problems.paths import ALLOW_SUBSET_ENV, data_expect
+from mtlrepro.problems.paths import data_expect
+from mtlrepro.profiles import PROFILES
 
 
 @pytest.mark.parametrize("verb", ["run", "reproduce"])
-def test_allow_subset_sets_what_the_loaders_read(verb, monkeypatch):
-    monkeypatch.setenv(ALLOW_SUBSET_ENV, "")   # recorded, so the value set below is undone after the test
-    assert data_expect("full") == "full"
+def test_allow_subset_runs_the_subset_profile(verb, capsys):
     args = build_parser().parse_args([verb, "etr_nlp/table4", "--allow-subset"])
+    assert args.profile == "full"
     apply_allow_subset(args)
-    assert data_expect("full") == "any" and data_expect("tiny") == "any"
+    assert args.profile == "subset" and "running profile 'subset'" in capsys.readouterr().err
 
 
-def test_without_the_flag_nothing_is_set(monkeypatch):
-    monkeypatch.setenv(ALLOW_SUBSET_ENV, "")   # recorded, so the value set below is undone after the test
-    apply_allow_subset(build_parser().parse_args(["run", "etr_nlp/table4"]))
+def test_without_the_flag_the_profile_stays():
+    args = build_parser().parse_args(["run", "etr_nlp/table4"])
+    apply_allow_subset(args)
+    assert args.profile == "full"
+
+
+def test_what_each_profile_lets_the_loaders_accept():
     assert data_expect("full") == "full"
+    assert data_expect("subset") == "any" and data_expect("tiny") == "any"
+    assert data_expect("full", "any") == "any" and data_expect("tiny", "full") == "any"
+    with pytest.raises(ValueError, match="expect must be one of"):
+        data_expect("full", "some")
+
+
+def test_the_cli_offers_every_profile():
+    assert set(PROFILE_CHOICES) == set(PROFILES)
+    assert PROFILES["subset"].banner and PROFILES["tiny"].banner and not PROFILES["full"].banner
 
 
 def test_allow_subset_with_the_tiny_profile_is_a_usage_error(capsys):

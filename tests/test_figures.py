@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from mtlrepro.figures import collect, figure_set, write_figure
 from mtlrepro.launch import resolve_recipes
-from mtlrepro.recipe import apply_profile
+from mtlrepro.profiles import apply_profile
 
 from .harness_utils import tiny_env  # noqa: F401 (fixture)
 

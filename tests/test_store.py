@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from mtlrepro.recipe import apply_profile, get_recipe, recipes_for_table
+from mtlrepro.recipe import get_recipe, recipes_for_table
+
+from mtlrepro.profiles import apply_profile
 from mtlrepro.store import (SCHEMA_VERSION, RunRecord, StaleRecordWarning, device_kind_slug, find_run, run_path,
                             save_run)
 
@@ -121,5 +123,5 @@ def test_tiny_profile_trains_from_random_initialisation():
     assert r.result_dict()["pretrained"] == "imagenet1k_v1" and r.model_kwargs()["pretrained"] == "imagenet1k_v1"
     tiny = apply_profile(r, "tiny")
     assert tiny.pretrained is None and "pretrained" not in tiny.model_kwargs()
-    from mtlrepro.recipe import PROFILES
+    from mtlrepro.profiles import PROFILES
     assert "random initialisation" in PROFILES["tiny"].description

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ..errors import UsageError
 
@@ -17,9 +18,22 @@ TINY_SUBSET = ("--allow-subset is for the full profile; the tiny profile's gener
                "split sizes")
 
 
+#: the profiles a verb accepts (:data:`mtlrepro.profiles.PROFILES`, spelled here so that ``--help``
+#: imports nothing heavy; a test keeps the two equal)
+PROFILE_CHOICES = ("full", "subset", "tiny")
+PROFILE_HELP = ("full: the paper's schedule on the real data (official splits); subset: the same on other "
+                "split sizes (what --allow-subset selects); tiny: minutes on generated data")
+
+
+def add_profile_argument(p: argparse.ArgumentParser, default: str | None = None, extra: tuple[str, ...] = (),
+                         help: str = PROFILE_HELP) -> None:
+    """``--profile`` (default ``$PROFILE``, else ``full``)."""
+    p.add_argument("--profile", default=default or os.environ.get("PROFILE", "full"),
+                   choices=[*PROFILE_CHOICES, *extra], help=help)
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default=os.environ.get("PROFILE", "full"), choices=["full", "tiny"],
-                   help="full: the paper's schedule on the real data; tiny: minutes on generated data")
+    add_profile_argument(p)
     p.add_argument("--seeds", default=None, type=seeds_argument,
                    help="comma-separated seeds (default: the recipe's; e.g. 0,1,2)")
     add_data_root_argument(p)
@@ -27,33 +41,29 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_root_argument(p: argparse.ArgumentParser) -> None:
-    """``--data-root`` (full profile only: with ``--profile tiny`` a usage error, not ignored)."""
+    """``--data-root`` (real data only: with ``--profile tiny`` a usage error, not ignored)."""
     p.add_argument("--data-root", default=None,
-                   help="dataset root (default: $MTLREPRO_DATA); full profile only")
+                   help="dataset root (default: $MTLREPRO_DATA); full and subset profiles only")
     p.set_defaults(_check=check_run_arguments)
 
 
 def add_allow_subset_argument(p: argparse.ArgumentParser) -> None:
-    """``--allow-subset``: train on a dataset whose split sizes are not the official ones (the
-    loaders' ``expect="any"``, :func:`data_expect`); full profile only."""
+    """``--allow-subset``: train on a dataset whose split sizes are not the official ones, i.e. run
+    the ``subset`` profile (:func:`apply_allow_subset`)."""
     p.add_argument("--allow-subset", action="store_true",
-                   help="accept split sizes other than the official ones (a subset or another version "
-                        "of the dataset); the run records the sizes it saw. Full profile only")
+                   help="accept split sizes other than the official ones (a subset or another version of the "
+                        "dataset): the same as --profile subset, whose runs are stored and reported apart from "
+                        "the full profile's; each run records the sizes it saw")
     p.set_defaults(_check=check_run_arguments)
 
 
 def apply_allow_subset(args: argparse.Namespace) -> None:
-    """``--allow-subset`` given: set :data:`~mtlrepro.problems.paths.ALLOW_SUBSET_ENV` so that every
-    problem builder of this process and of its worker processes accepts other split sizes."""
-    if getattr(args, "allow_subset", False):
-        from ..problems.paths import ALLOW_SUBSET_ENV
-        os.environ[ALLOW_SUBSET_ENV] = "1"
-
-
-def data_expect(args: argparse.Namespace) -> str:
-    """The data loaders' ``expect``: ``"any"`` with ``--allow-subset``, else ``"full"`` (the tiny
-    profile's builders use ``"any"`` whatever this says)."""
-    return "any" if getattr(args, "allow_subset", False) else "full"
+    """``--allow-subset`` given: the verb runs the ``subset`` profile (a store of its own, so that a
+    run on other split sizes never counts as one on the official splits), said on stderr."""
+    if getattr(args, "allow_subset", False) and args.profile != "subset":
+        print("mtlrepro: --allow-subset: running profile 'subset' (stored under runs/subset/, reported "
+              "under results/subset/; the full profile's runs and verdicts are not touched)", file=sys.stderr)
+        args.profile = "subset"
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import add_data_root_argument
+from .common import add_data_root_argument, add_profile_argument
 
 NAME = "conflicts"
 MAX_PAIRS_PRINTED = 10   # 5 tasks; more pairs only in the JSON
@@ -29,7 +29,7 @@ EPILOG = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe id (e.g. etr_nlp/table5/hard_sharing)")
-    p.add_argument("--profile", default=os.environ.get("PROFILE", "full"), choices=["full", "tiny"], help="full (real data) | tiny (generated)")
+    add_profile_argument(p)
     p.add_argument("--seed", type=int, default=0, help="the run's seed (initialisation, stored checkpoint)")
     p.add_argument("--checkpoint", default=None, help="PATH to a checkpoint .pt, or 'stored'")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from ..conflicts import conflict_table, measure_conflicts, paper_label
     from ..models import build_model
     from ..problems import build_problem
-    from ..recipe import apply_profile, get_recipe
+    from ..recipe import get_recipe
+    from ..profiles import apply_profile
     from ..store import checkpoint_path, device_kind
     from ..train.trainer import load_checkpoint, pick_device
 

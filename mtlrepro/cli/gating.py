@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_profile_argument
+
 NAME = "gating"
 HELP = "plot a stored GatedMTL run's gating patterns (task-specific share and max contribution per layer)"
 EPILOG = ("examples:\n  mtlrepro gating gatedmtl/table5/gatedmtl_2\n"
@@ -12,7 +14,7 @@ EPILOG = ("examples:\n  mtlrepro gating gatedmtl/table5/gatedmtl_2\n"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="a GatedMTL recipe id, e.g. gatedmtl/table5/gatedmtl_2")
-    p.add_argument("--profile", default="full", choices=["full", "tiny"])
+    add_profile_argument(p, default="full")
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from ..errors import UsageError
+from .common import add_profile_argument
 
 NAME = "leaderboard"
 HELP = "one method's rows across the papers side by side (published vs measured Δ), or --all: the page"
@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("method", nargs="?", help="a display name (MTAN), a paper's name (Uncertainty) or a key "
                    "(hard_sharing+mgda_ub, pcgrad); case-insensitive")
     p.add_argument("--all", action="store_true", help="write the whole leaderboard page")
-    p.add_argument("--profile", default=os.environ.get("PROFILE", "full"), choices=["full", "tiny"],
-                   help="whose measured runs: full (the paper's setting) or tiny (synthetic)")
+    add_profile_argument(p, help="whose measured runs: full (the paper's setting), subset (other split "
+                                 "sizes) or tiny (synthetic)")
     p.add_argument("--json", action="store_true", help="METHOD as JSON")
     p.add_argument("--out", default=None, help="page path with --all (default results/leaderboard.md; "
                    "tiny: results/tiny/leaderboard.md)")

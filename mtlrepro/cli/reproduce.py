@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     table = get_table(args.id)
     recipes = resolve_recipes(table.id)
     clean_leftover_tmp()
-    if args.profile == "full":  # fail before anything runs, with the exact layout expected
+    if args.profile != "tiny":  # real data: fail before anything runs, with the exact layout expected
         for ds in sorted({r.dataset for r in recipes}):
             data_root_or_explain(ds, args.data_root)
     def plan():
@@ -79,7 +79,7 @@ def _reproduce_figure(args: argparse.Namespace) -> int:
     from ..problems.paths import data_root_or_explain
 
     recipes = figure_recipes(args.id)
-    if args.profile == "full":
+    if args.profile != "tiny":
         for ds in sorted({r.dataset for r in recipes if r.status == "ready"}):
             data_root_or_explain(ds, args.data_root)
 

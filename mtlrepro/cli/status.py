@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+
+from .common import add_profile_argument
 
 NAME = "status"
 HELP = ("the whole reproduction at a glance: per table its rows (ready / not implemented / ambiguous), "
@@ -16,8 +17,8 @@ EPILOG = ("examples:\n  mtlrepro status\n  mtlrepro status --profile all\n  mtlr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default=os.environ.get("PROFILE", "full"), choices=["full", "tiny", "all"],
-                   help="full: runs on the real data; tiny: synthetic runs; all: both, one section each")
+    add_profile_argument(p, extra=("all",), help="full: runs on the real data; subset: on other split "
+                         "sizes; tiny: synthetic runs; all: each, one section each")
     p.add_argument("--json", action="store_true", help="the same data as JSON")
     p.add_argument("--calibration", default="h100",
                    help="timing file under reproduce/calibration/ used for the GPU-hour estimate")
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _section(status, profile: str) -> str:
     from tabulate import tabulate
 
-    from ..recipe import PROFILES
+    from ..profiles import PROFILES
     from ..status import hours_text, runs_text, seeds_text, verdict_text
 
     prof = PROFILES[profile]

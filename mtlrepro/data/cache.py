@@ -66,7 +66,8 @@ class CacheResult:
 
 
 #: What every "split sizes are not the official ones" message tells the user to do.
-SUBSET_HINT = "pass --allow-subset to train on a subset (from Python: expect='any')"
+SUBSET_HINT = ("pass --allow-subset (the same as --profile subset) to train on other split sizes; those runs are "
+               "stored and reported apart from the full profile's (from Python: profile 'subset')")
 #: How many per-sample files :func:`fingerprint_files` hashes by content (evenly spaced).
 SAMPLE_FILES = 16
 

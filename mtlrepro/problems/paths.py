@@ -1,5 +1,5 @@
 """Where datasets are found: ``--data-root`` or ``MTLREPRO_DATA``; generated tiny data in a cache;
-whether the full profile accepts a subset (``--allow-subset``)."""
+which split sizes a profile accepts (``subset``: ``--allow-subset``)."""
 from __future__ import annotations
 
 import os
@@ -11,24 +11,18 @@ from typing import Any, Callable
 
 from ..data.errors import DataError
 
-#: Set (to anything but "" or "0") by ``--allow-subset``: the full profile's loaders then accept
-#: split sizes other than the official ones (``expect="any"``). An environment variable so that
-#: it reaches worker processes, which build their problems themselves.
-ALLOW_SUBSET_ENV = "MTLREPRO_ALLOW_SUBSET"
 EXPECT_MODES = ("full", "any")
 
 
 def data_expect(profile: str, expect: str | None = None) -> str:
-    """The loaders' ``expect`` for a problem builder: ``"any"`` for the tiny profile (generated
-    data), else ``expect`` when given, else ``"any"`` when :data:`ALLOW_SUBSET_ENV` is set and
-    ``"full"`` (the official split sizes) otherwise."""
-    if profile == "tiny":
-        return "any"
+    """The loaders' ``expect`` for a problem builder: ``expect`` when given, else ``"full"`` (the
+    official split sizes) for the ``full`` profile and ``"any"`` for ``subset`` (``--allow-subset``:
+    the runs are stored apart, under ``runs/subset/``) and ``tiny`` (generated data)."""
     if expect is not None:
         if expect not in EXPECT_MODES:
             raise ValueError(f"expect must be one of {', '.join(EXPECT_MODES)}, got {expect!r}")
-        return expect
-    return "any" if os.environ.get(ALLOW_SUBSET_ENV, "") not in ("", "0") else "full"
+        return "any" if profile == "tiny" else expect
+    return "full" if profile == "full" else "any"
 
 
 def source_info(**splits: Any) -> dict[str, Any]:

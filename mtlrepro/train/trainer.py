@@ -136,6 +136,11 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
     check_update_weighting(recipe.update, recipe.weighting)   # before any data or model is built
     if problem is None:
         problem = build_problem(recipe, profile, data_root, dev)
+    if profile == "full" and problem.data_info.get("subset"):   # the full store holds official splits only
+        from ..errors import ConfigError
+        raise ConfigError(f"{recipe.id}: the data are not the official splits ({problem.data_info.get('n_train')} "
+                          "training images); the full profile stores runs on the official splits only: run the "
+                          "subset profile (--allow-subset or --profile subset)")
     search_val = None
     if recipe.search_val_fraction:   # a search: weights on one part of the training split, architecture on the rest
         from ..search.split import search_split

@@ -337,7 +337,7 @@ def test_wrong_counts_with_expect_full(tv_root):
     assert str(find_celeba(tv_root).partition_file) in msg
     assert "train 24 / val 8 / test 8" in msg
     assert f"train {CELEBA_SPLIT_SIZES['train']} / val {CELEBA_SPLIT_SIZES['val']}" in msg
-    assert "expect='any'" in msg
+    assert "--allow-subset" in msg and "profile 'subset'" in msg
     # also when a cache built with expect="any" exists already
     load(tv_root)
     with pytest.raises(DataError, match="train 24 / val 8 / test 8"):

@@ -237,7 +237,7 @@ def test_wrong_counts_with_expect_full(root):
         load(root, "train", expect="full")
     msg = str(e.value)
     assert f"holds {N_TRAIN} samples, expected 2975" in msg and str(root / "train") in msg
-    assert "expect='any'" in msg and "<root>/val/image/0.npy ... 499.npy" in msg
+    assert "--allow-subset" in msg and "profile 'subset'" in msg and "<root>/val/image/0.npy ... 499.npy" in msg
     assert CITYSCAPES_SPLIT_SIZES == {"train": 2975, "val": 500}
 
 

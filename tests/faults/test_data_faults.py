@@ -50,7 +50,6 @@ def env(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MTLREPRO_RESULTS", str(results))
     monkeypatch.setattr(store_mod, "RESULTS_DIR", results)
     monkeypatch.setenv("MTLREPRO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(paths.ALLOW_SUBSET_ENV, raising=False)
     monkeypatch.delenv("MTLREPRO_DATA", raising=False)
     return tmp_path
 
@@ -163,14 +162,12 @@ def test_allow_subset_reaches_the_loaders_and_the_record_names_the_data(env, cap
     recipe = get_recipe(CELEBA_RECIPE).with_overrides(image_size=16)
     with pytest.raises(DataError, match="--allow-subset"):
         build_celeba_problem(recipe, "full", str(root), torch.device("cpu"))
-    monkeypatch.setenv(paths.ALLOW_SUBSET_ENV, "1")                 # what --allow-subset sets
-    p = build_celeba_problem(recipe, "full", str(root), torch.device("cpu"))
+    p = build_celeba_problem(recipe, "subset", str(root), torch.device("cpu"))   # what --allow-subset runs
     assert p.data_info["n_train"] == N_TRAIN and p.data_info["subset"] is True
     assert "--allow-subset: CelebA train 6 (official 162770)" in capsys.readouterr().err
     data = cache_mod.cache_paths(paths.cache_dir_override(root, "celeba"), "celeba_16_square")[0]
     want = hashlib.sha256(data.read_bytes()).hexdigest()            # independent of the manifest
     assert p.data_info["cache_sha256"] == {"train": want, "eval": want}
-    monkeypatch.delenv(paths.ALLOW_SUBSET_ENV)
     q = build_celeba_problem(recipe, "full", str(root), torch.device("cpu"), expect="any")  # the API spelling
     assert q.data_info["source_sha256"] == p.data_info["source_sha256"]
     assert len(q.data_info["source_sha256"]["train"]) == 64
@@ -198,14 +195,13 @@ def test_a_source_changing_during_the_build_caches_nothing(tmp_path, monkeypatch
 
 def test_a_full_disk_while_writing_the_cache_is_an_environment_fault(env, capsys, monkeypatch):
     root = celeba_root(env)
-    monkeypatch.setenv(paths.ALLOW_SUBSET_ENV, "1")
 
     def full_disk(obj, f, *a, **k):                 # what torch.save raises when the disk fills
         raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 1234 vs 5678\n"
                            "PytorchStreamWriter failed writing file data/0: file write failed")
 
     monkeypatch.setattr(cache_mod.torch, "save", full_disk)
-    rc, err = cli(capsys, ["run", CELEBA_RECIPE, "--profile", "full", "--data-root", str(root), "--seeds", "0"])
+    rc, err = cli(capsys, ["run", CELEBA_RECIPE, "--profile", "subset", "--data-root", str(root), "--seeds", "0"])
     assert rc == 3
     assert "cannot write the cache" in err and "celeba_64_square.pt" in err and "disk full" in err
     assert stored(env) == [] and cached(env / "cache") == []
@@ -268,8 +264,7 @@ def test_nyuv2_normals_stored_as_half_n_plus_half_fail_in_the_full_profile(env, 
     for f in sorted((root / "train" / "normal").glob("*.npy")):
         n = np.load(f)
         np.save(f, (n + 1.0) / 2.0)                  # the PNG-style encoding, in [0, 1]
-    monkeypatch.setenv(paths.ALLOW_SUBSET_ENV, "1")   # 3 / 2 samples: only the values are at fault
-    rc, err = cli(capsys, ["run", NYUV2_RECIPE, "--profile", "full", "--data-root", str(root), "--seeds", "0"])
+    rc, err = cli(capsys, ["run", NYUV2_RECIPE, "--profile", "subset", "--data-root", str(root), "--seeds", "0"])   # 3 / 2 samples: only the values are at fault
     assert rc == 2
     line = err.strip().splitlines()[-1]
     assert str(root / "train" / "normal") in line and "(n + 1) / 2" in line and "unit" in line
@@ -310,7 +305,7 @@ def test_cityscapes_depth_in_metres_fails(tmp_path):
 
 def test_nyuv2_subset_message_names_the_flag(tmp_path):
     root = _nyuv2(tmp_path)
-    with pytest.raises(DataError, match="pass --allow-subset to train on a subset") as e:
+    with pytest.raises(DataError, match=r"pass --allow-subset \(the same as --profile subset\)") as e:
         load_nyuv2(root, "train", tmp_path / "c", progress=False)
     assert "holds 3 samples, expected 795" in str(e.value)
 
@@ -500,7 +495,7 @@ def test_pascal_sal_distill_of_the_wrong_size_or_channels(pascal):
 
 
 def test_pascal_split_sizes_name_the_flag(pascal):
-    with pytest.raises(DataError, match="pass --allow-subset to train on a subset"):
+    with pytest.raises(DataError, match=r"pass --allow-subset \(the same as --profile subset\)"):
         load_pascal_mt(pascal, "val", (32, 32), cache_dir=pascal.parent / "c", progress=False)
 
 
@@ -543,3 +538,30 @@ def test_every_cache_manifest_fingerprints_content_of_annotations(tmp_path):
     assert m["fingerprint"]["images"]["files"] == N_TRAIN + N_VAL + N_TEST
     assert m["fingerprint"]["images"]["sample"] == N_TRAIN + N_VAL + N_TEST   # all 10 are sampled
     assert m["sha256"] == r.cache_sha256 == hashlib.sha256(r.cache_path.read_bytes()).hexdigest()
+
+
+def test_a_subset_run_is_stored_and_judged_apart_from_the_full_profile(env):
+    """--allow-subset runs the subset profile: the record lands under runs/subset/, the full profile
+    neither finds it nor judges with it, and the full profile refuses to store a run on a subset."""
+    from mtlrepro.compare import compare_table
+    from mtlrepro.errors import ConfigError
+    from mtlrepro.problems.celeba import build_celeba_problem
+    from mtlrepro.recipe import get_recipe
+    from mtlrepro.store import find_run
+    from mtlrepro.tables import get_table
+    from mtlrepro.train.trainer import train_run
+
+    root = celeba_root(env)
+    recipe = get_recipe(CELEBA_RECIPE).with_overrides(image_size=16, epochs=1, batch_size=4)
+    rec = train_run(recipe, 0, "subset", data_root=str(root), device="cpu", progress=False)
+    assert rec.status == "finished" and rec.profile == "subset" and rec.data["subset"] is True
+    assert [p.relative_to(env / "results" / "runs").parts[0] for p in (env / "results" / "runs").rglob("seed0.json")] \
+        == ["subset"]
+    assert find_run("subset", None, recipe.fingerprint, 0) is not None
+    assert find_run("full", None, recipe.fingerprint, 0) is None
+    table = get_table("etr_nlp/table4")
+    assert not compare_table(table, "full").records()
+    problem = build_celeba_problem(recipe, "full", str(root), torch.device("cpu"), expect="any")
+    with pytest.raises(ConfigError, match="not the official splits"):
+        train_run(recipe, 1, "full", device="cpu", progress=False, problem=problem)
+    assert not (env / "results" / "runs" / "full").exists()

@@ -16,7 +16,7 @@ import pytest
 import mtlrepro.recipe as recipe_mod
 import mtlrepro.store as store_mod
 import mtlrepro.tables as tables_mod
-from mtlrepro.cli.common import add_allow_subset_argument, add_run_arguments, check_run_arguments, data_expect
+from mtlrepro.cli.common import add_allow_subset_argument, add_run_arguments, apply_allow_subset, check_run_arguments
 from mtlrepro.cli.main import main
 from mtlrepro.errors import UsageError
 from mtlrepro.recipe import load_recipe_file
@@ -213,8 +213,9 @@ def test_allow_subset_argument():
     p = argparse.ArgumentParser()
     add_run_arguments(p)
     add_allow_subset_argument(p)
-    assert data_expect(p.parse_args([])) == "full"
-    assert data_expect(p.parse_args(["--allow-subset", "--profile", "full"])) == "any"
+    args = p.parse_args(["--allow-subset", "--profile", "full"])
+    apply_allow_subset(args)
+    assert args.profile == "subset"
     with pytest.raises(UsageError, match="--allow-subset is for the full profile"):
         check_run_arguments(p.parse_args(["--allow-subset", "--profile", "tiny"]))
 

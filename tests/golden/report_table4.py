@@ -127,7 +127,7 @@ def planned_records() -> dict[str, list[dict]]:
 
 def write_store(root: Path) -> None:
     """Save the planned records as run records under ``root`` (the store's own writer)."""
-    from mtlrepro.recipe import apply_profile
+    from mtlrepro.profiles import apply_profile
     from mtlrepro.store import RunRecord, save_run
 
     by_row = {r.row: r for r in fixture_recipe_set().recipes}
