@@ -35,7 +35,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Claim", "Owner", "claim", "peek", "heartbeat", "lock_path", "release_dead", "DEFAULT_MAX_AGE"]
+__all__ = ["Claim", "Owner", "claim", "peek", "heartbeat", "lock_path", "live", "release_dead", "remove_stale",
+           "DEFAULT_MAX_AGE"]
 
 DEFAULT_MAX_AGE = 24 * 3600.0     # seconds: longer than any run that does not call heartbeat()
 BREAK_MAX_AGE = 60.0              # a take-over takes milliseconds; a guard older than this is left over
@@ -264,6 +265,31 @@ def release_dead(record: Path, pid: int) -> bool:
         return False
     lock.unlink(missing_ok=True)
     return True
+
+
+def remove_stale(root: Path, limit: float | None = None) -> list[tuple[Path, str]]:
+    """Remove every stale claim under ``root/runs`` (the rules above; through the same guarded
+    take-over as :func:`claim`), so that a killed sweep's locks do not linger until the job is claimed
+    again and the store shows only live claims. Returns (lock, why stale) per removed file."""
+    removed = []
+    base = Path(root) / "runs"
+    for lock in sorted(base.rglob("*.json.lock")) if base.is_dir() else []:
+        seen = peek(lock.with_name(lock.name[:-len(".lock")]), limit)
+        if seen is None or seen[1] is None:
+            continue
+        if _break(lock, seen[2]):
+            removed.append((lock, seen[1]))
+    if removed:
+        lock, why = removed[0]
+        print(f"mtlrepro: removed {len(removed)} stale job claim(s) left by killed sweeps under {base} "
+              f"(e.g. {lock.relative_to(base)}: {why})", file=sys.stderr)
+    return removed
+
+
+def live(record: Path, limit: float | None = None) -> "Owner | None":
+    """The owner of a live claim on ``record`` (a job another sweep is running now), else None."""
+    seen = peek(record, limit)
+    return seen[0] if seen is not None and seen[1] is None else None
 
 
 def heartbeat() -> None:

@@ -46,7 +46,7 @@ def test_speedups_refuse_timings_from_two_device_kinds(tmp_path):
 
 
 def test_a_recipe_file_extends_another_and_rows_start_from_its_rows(tmp_path, monkeypatch):
-    import mtlrepro.recipe as rmod
+    import mtlrepro.recipe_files as rmod
     t7 = {r.row: r for r in load_recipe_file(rmod.RECIPES_DIR / "conal/table7.yaml").recipes}
     t3 = get_recipe("conal/table3/hps")
     assert t7["hps_pcgrad"].weighting == "pcgrad" and t7["hps_pcgrad"].fingerprint != t3.fingerprint

@@ -57,6 +57,14 @@ def add_allow_subset_argument(p: argparse.ArgumentParser) -> None:
     p.set_defaults(_check=check_run_arguments)
 
 
+def add_skip_data_check_argument(p: argparse.ArgumentParser) -> None:
+    """``--skip-data-check``: serve stored runs without checking they saw the data there now."""
+    p.add_argument("--skip-data-check", action="store_true",
+                   help="do not check that stored runs were trained on the data there now (by default each "
+                        "distinct problem is built once from the cache and its tensors' checksum compared with "
+                        "the records'; a run of other data is set aside and run again)")
+
+
 def apply_allow_subset(args: argparse.Namespace) -> None:
     """``--allow-subset`` given: the verb runs the ``subset`` profile (a store of its own, so that a
     run on other split sizes never counts as one on the official splits), said on stderr."""

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from ..cost import calibration, job_seconds
-    from ..launch import plan_jobs, resolve_recipes
+    from ..claims import live
+    from ..launch import plan_jobs, record_path, resolve_recipes
     from ..pipeline import upstream_recipe
 
     recipes = resolve_recipes(args.target)
@@ -35,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
         up = upstream_recipe(r)
         return f"{up.row} s{r.architecture_seed}" if up is not None else ""
 
-    rows = [[j.recipe.id, j.seed, "to run", after(j.recipe), j.recipe.epochs, *est(j)] for j in todo]
+    def to_run(j) -> str:   # a job another sweep holds a live claim on is running there now
+        owner = live(record_path(j, args.device, None))
+        return f"running ({owner.describe()})" if owner is not None else "to run"
+
+    rows = [[j.recipe.id, j.seed, to_run(j), after(j.recipe), j.recipe.epochs, *est(j)] for j in todo]
     rows += [[j.recipe.id, j.seed, rec.status, after(j.recipe), j.recipe.epochs, "", ""] for j, rec in done]
     def state(r) -> str:   # "waiting for <upstream id> seed k (why)": the after column names the upstream
         return "waiting" + r.status[r.status.rindex(" ("):] if r.status.startswith("waiting") else r.status.replace("_", " ")

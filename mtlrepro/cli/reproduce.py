@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_run_arguments, parse_seeds, add_allow_subset_argument, apply_allow_subset
+from .common import (add_allow_subset_argument, add_run_arguments, add_skip_data_check_argument, apply_allow_subset,
+                     parse_seeds)
 
 NAME = "reproduce"
 HELP = "run the missing runs of a table, then diff and write its report"
@@ -16,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", help="table id (or a figure sweep id, e.g. etr_nlp/figure6)")
     add_run_arguments(p)
     add_allow_subset_argument(p)
+    add_skip_data_check_argument(p)
     p.add_argument("--launcher", default="inprocess", help="inprocess | local-multi | slurm")
     p.add_argument("--workers", type=int, default=None, help="local-multi: concurrent jobs (default: GPUs, or 2 on CPU)")
     p.add_argument("--no-progress", action="store_true")
@@ -27,11 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from ..compare import compare_table
+    from ..data_check import checked_plan
     from ..launch import Tally, make_launcher, plan_jobs, resolve_recipes
     from ..pipeline import run_pipeline
     from ..problems.paths import data_root_or_explain
     from ..report import write_report
-    from ..store import clean_leftover_tmp
+    from ..store import tidy
     from ..tables import get_table
     from .diff import exit_code
 
@@ -41,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
         return _reproduce_figure(args)
     table = get_table(args.id)
     recipes = resolve_recipes(table.id)
-    clean_leftover_tmp()
+    tidy()
     if args.profile != "tiny":  # real data: fail before anything runs, with the exact layout expected
         for ds in sorted({r.dataset for r in recipes}):
             data_root_or_explain(ds, args.data_root)
-    def plan():
-        return plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
+    plan = checked_plan(lambda: plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device),
+                        args.profile, args.data_root, args.device, enabled=not args.skip_data_check)
 
     first = plan()
     todo, done, skipped = first
@@ -73,9 +76,10 @@ def _reproduce_figure(args: argparse.Namespace) -> int:
     """Figures have no printed numbers: run the sweep (a trade-off figure: its panels' tables, in
     pipeline waves so that recipes waiting for an upstream run follow it), then plot (no diff)."""
     from ..figures import figure_recipes, write_figure
+    from ..data_check import checked_plan
     from ..launch import Tally, make_launcher, plan_jobs
     from ..pipeline import run_pipeline
-    from ..store import clean_leftover_tmp
+    from ..store import tidy
     from ..problems.paths import data_root_or_explain
 
     recipes = figure_recipes(args.id)
@@ -83,8 +87,8 @@ def _reproduce_figure(args: argparse.Namespace) -> int:
         for ds in sorted({r.dataset for r in recipes if r.status == "ready"}):
             data_root_or_explain(ds, args.data_root)
 
-    def plan():
-        return plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
+    plan = checked_plan(lambda: plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device),
+                        args.profile, args.data_root, args.device, enabled=not args.skip_data_check)
 
     first = plan()
     todo, done, skipped = first
@@ -92,7 +96,7 @@ def _reproduce_figure(args: argparse.Namespace) -> int:
           "ambiguous or waiting for an upstream run)", file=sys.stderr)
     tally = Tally()
     if todo:
-        clean_leftover_tmp()
+        tidy()
         launcher = make_launcher(args.launcher, args.device, not args.no_progress, args.workers)
         _, _, skipped = run_pipeline(first, plan, lambda jobs: tally.add(launcher.run(jobs, args.data_root)))
     for r in skipped:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_run_arguments, parse_seeds, add_allow_subset_argument, apply_allow_subset
+from .common import (add_allow_subset_argument, add_run_arguments, add_skip_data_check_argument, apply_allow_subset,
+                     parse_seeds)
 
 NAME = "run"
 HELP = "train and evaluate the missing runs of a table or recipe (resumable)"
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
     add_allow_subset_argument(p)
     p.add_argument("--retry-failed", action="store_true", help="rerun runs stored as failed")
+    add_skip_data_check_argument(p)
     p.add_argument("--launcher", default="inprocess", help="inprocess | local-multi | slurm")
     p.add_argument("--workers", type=int, default=None, help="local-multi: concurrent jobs (default: GPUs, or 2 on CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -33,16 +35,20 @@ def run(args: argparse.Namespace) -> int:
     end); 2 bad input, 3 a fault of the machine (:mod:`mtlrepro.cli.main`)."""
     apply_allow_subset(args)
     from ..launch import Tally, make_launcher, plan_jobs, resolve_recipes, retry
+    from ..data_check import checked_plan
     from ..pipeline import run_pipeline
-    from ..store import clean_leftover_tmp
+    from ..store import tidy
 
     recipes = resolve_recipes(args.target)
     launcher = make_launcher(args.launcher, args.device, not args.no_progress, args.workers)
     retried: set[str] = set()
-    clean_leftover_tmp()
+    tidy()
+
+    stored = checked_plan(lambda: plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device),
+                          args.profile, args.data_root, args.device, enabled=not args.skip_data_check)
 
     def plan():
-        todo, done, skipped = plan_jobs(recipes, args.profile, parse_seeds(args.seeds), device=args.device)
+        todo, done, skipped = stored()
         if args.retry_failed:   # each failed run once
             again = [retry(j, rec) for j, rec in done if rec.status == "failed" and j.name not in retried]
             retried.update(j.name for j in again)

@@ -565,3 +565,40 @@ def test_a_subset_run_is_stored_and_judged_apart_from_the_full_profile(env):
     with pytest.raises(ConfigError, match="not the official splits"):
         train_run(recipe, 1, "full", device="cpu", progress=False, problem=problem)
     assert not (env / "results" / "runs" / "full").exists()
+
+
+def test_a_stored_run_of_other_data_is_set_aside_and_planned_again(env, capsys):
+    """The images change after a run was stored: the sweep's data check sets the record aside (kept,
+    named) and plans the job again; the data back as they were, nothing is stale."""
+    from mtlrepro.data_check import check_stored_data
+    from mtlrepro.launch import plan_jobs, record_path
+    from mtlrepro.recipe import get_recipe
+    from mtlrepro.store import StaleRecordWarning
+    from mtlrepro.train.trainer import train_run
+
+    root = celeba_root(env)
+    recipe = get_recipe(CELEBA_RECIPE).with_overrides(image_size=16, epochs=1, batch_size=4)
+    rec = train_run(recipe, 0, "subset", data_root=str(root), device="cpu", progress=False)
+    todo, done, _ = plan_jobs([recipe], "subset", [0], device="cpu")
+    assert todo == [] and len(done) == 1
+    calls = []
+
+    def counted(r, profile, data_root):
+        from mtlrepro.data_check import current_checksum
+        calls.append(r.id)
+        return current_checksum(r, profile, data_root)
+
+    kept, stale = check_stored_data(done, "subset", str(root), lambda j: record_path(j, "cpu", None), counted)
+    assert len(kept) == 1 and stale == [] and calls == [recipe.id]
+    for f in sorted(find_celeba(root).image_dir.glob("*.jpg")):     # every image re-encoded, darker
+        im = Image.open(f)
+        Image.eval(im, lambda v: v // 2).save(f, quality=90)
+    with pytest.warns(StaleRecordWarning, match=f"trained on data of checksum {rec.data['checksum'][:12]}") as w:
+        kept, stale = check_stored_data(done, "subset", str(root), lambda j: record_path(j, "cpu", None))
+    assert kept == [] and [j.name for j in stale] == [done[0][0].name]
+    path = record_path(done[0][0], "cpu", None)
+    aside = [p.name for p in path.parent.iterdir() if ".otherdata-" in p.name]
+    assert not path.exists() and len(aside) == 1
+    assert aside[0] in str(w[0].message) and "set aside and planned again" in capsys.readouterr().err
+    todo, done, _ = plan_jobs([recipe], "subset", [0], device="cpu")
+    assert [j.name for j in todo] == [stale[0].name] and done == []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import mtlrepro.recipe as recipe_mod
+import mtlrepro.recipe_files as recipe_mod
 import mtlrepro.store as store_mod
 import mtlrepro.tables as tables_mod
 from mtlrepro.cli.common import add_allow_subset_argument, add_run_arguments, apply_allow_subset, check_run_arguments

@@ -312,8 +312,34 @@ def test_a_stale_claim_of_a_dead_pid_is_taken_over(store, trainer, capsys):
     lock = _lock(store, host=socket.gethostname(), pid=dead)              # a sweep killed with -9
     rc, err = _run(capsys, "--seeds", "0")
     assert rc == 0 and trainer.calls == [0]
-    assert f"took over the stale claim of {RECIPE} seed 0" in err and f"pid {dead} is dead" in err
+    assert "removed 1 stale job claim(s) left by killed sweeps" in err and f"pid {dead} is dead" in err
     assert not lock.exists()                                              # released when the job ended
+
+
+def test_a_stale_claim_found_when_claiming_is_taken_over(store, capsys):
+    dead = _dead_pid()
+    lock = _lock(store, host=socket.gethostname(), pid=dead)
+    held = claims.claim(lock.with_name(lock.name[:-len(".lock")]), "job")
+    assert isinstance(held, claims.Claim) and "is dead" in held.took_over
+    assert "took over the stale claim of job" in capsys.readouterr().err
+    held.release()
+    assert not lock.exists()
+
+
+def test_stale_claims_are_removed_at_the_start_and_live_ones_kept_and_shown(store, capsys):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = _lock(store, 0, host=socket.gethostname(), pid=_dead_pid())
+        alive = _lock(store, 1, host=socket.gethostname(), pid=sleeper.pid)
+        removed = claims.remove_stale(store)
+        assert [p for p, _ in removed] == [stale] and not stale.exists() and alive.exists()
+        assert main(["plan", RECIPE, "--profile", "tiny", "--seeds", "0,1", "--device", "cpu"]) == 0
+        out = capsys.readouterr().out
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lines = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith(RECIPE)}
+    assert "to run" in lines["0"] and f"running (host {socket.gethostname()} pid {sleeper.pid}" in lines["1"]
 
 
 def test_a_claim_not_refreshed_for_longer_than_the_limit_is_taken_over(store, trainer, capsys):
