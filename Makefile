@@ -13,7 +13,7 @@ DATA_ROOT ?=
 DEVICE ?=
 RUN_ARGS := --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(DEVICE),--device $(DEVICE))
 
-.PHONY: help venv test test-fast bench audit tables status leaderboard clean-venv
+.PHONY: help venv test test-fast fault-table bench audit tables status leaderboard clean-venv
 help:
 	@sed -n '1,5p' Makefile
 
@@ -29,6 +29,10 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow"
+
+# the fault suite, with what each case showed the user and left on disk, as results/fault_table.md
+fault-table: venv
+	MTLREPRO_FAULT_TABLE=results/fault_table.md $(PY) -m pytest tests/faults -q
 
 bench: venv
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-autosave --benchmark-storage=results/benchmarks

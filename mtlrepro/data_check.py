@@ -13,7 +13,7 @@ differs
 Copying a dataset to another machine changes file times but not the tensors, so it is not a change;
 replacing, re-encoding or re-splitting images is. The tiny profile's data are generated
 deterministically and checked the same way (a changed generator reruns its runs). Reports are a
-function of the store alone and say when a table's runs saw different data (``report._data_checksums``).
+function of the store alone and say when a table's runs saw different data (``report_header.data_checksums``).
 """
 from __future__ import annotations
 

@@ -79,6 +79,7 @@ def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = Non
     kind = device_kind(pick_device(device))
     todo, done, skipped = [], [], []
     seen: set[tuple[str, int]] = set()
+    sources: dict[str, Recipe | None] = {}   # recipe id -> the recipe its weights come from, resolved once
     for r in recipes:
         if r.status != "ready":
             skipped.append(r)
@@ -97,7 +98,9 @@ def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = Non
             why = init_waiting(eff, s, profile, kind, results_root)
             if why is not None:   # its initialisation (e.g. GatedMTL's STL weights) is not stored: a later wave
                 waiting.append(why)
-                source = _init_source_job(eff, s, profile, results_root, kind)
+                if eff.id not in sources:
+                    sources[eff.id] = _init_source(eff, profile, results_root)
+                source = _init_source_job(sources[eff.id], s, profile, results_root, kind)
                 if source is not None and (source.recipe.fingerprint, s) not in seen:
                     seen.add((source.recipe.fingerprint, s))
                     todo.append(source)
@@ -115,15 +118,22 @@ def plan_jobs(recipes: list[Recipe], profile: str, seeds: list[int] | None = Non
     return todo, done, skipped
 
 
-def _init_source_job(recipe: Recipe, seed: int, profile: str, results_root: Path | None, kind: str) -> Job | None:
-    """The job that stores the weights ``recipe`` starts from, when they are missing and that run is
-    not failed (a failed source leaves its dependants waiting, reported)."""
+def _init_source(recipe: Recipe, profile: str, results_root: Path | None) -> Recipe | None:
+    """The recipe whose stored weights ``recipe`` starts from, resolved as a job (None: none, or
+    not runnable)."""
     from .pipeline import init_recipe
 
     src = init_recipe(recipe)
     if src is None or src.status != "ready":
         return None
-    src = resolve_upstream(apply_profile(dataclasses.replace(src, keep_weights=True), profile), profile, results_root)
+    return resolve_upstream(apply_profile(dataclasses.replace(src, keep_weights=True), profile), profile, results_root)
+
+
+def _init_source_job(src: Recipe | None, seed: int, profile: str, results_root: Path | None, kind: str) -> Job | None:
+    """The job that stores the weights a recipe starts from (``src``: :func:`_init_source`), when
+    they are missing and that run is not failed (a failed source leaves its dependants waiting, reported)."""
+    if src is None:
+        return None
     rec = find_run(profile, src.id, src.fingerprint, seed, results_root, device_kind=kind)
     if rec is not None and rec.status != "finished":
         return None

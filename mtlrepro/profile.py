@@ -74,7 +74,7 @@ def profile_table(table: Table, results_root=None, search_profile: str = "full")
                                   note=f"waiting for {w.upstream.row} ({search_profile} profile)"))
             continue
         concrete = dataclasses.replace(recipe, sharing_kwargs=found.sharing_kwargs)
-        if recipe.sharing == "gatedmtl":   # the pruned network of the gates a stored run learned
+        if _exports_gating(recipe.sharing):   # the pruned network of the gates a stored run learned
             row = _count_gated_row(table, key_, label, group, concrete, found, pub, search_profile, results_root)
             out.append(row)
             continue
@@ -83,6 +83,13 @@ def profile_table(table: Table, results_root=None, search_profile: str = "full")
             row.scope = f"{row.scope}; architecture from the {search_profile}-profile search".lstrip("; ")
         out.append(row)
     return out
+
+
+def _exports_gating(sharing: str) -> bool:
+    """Whether the scheme learns gates its run stores (``export_gating``, GatedMTL): such a row's
+    inference network, and so its count, comes from a stored run, not from the recipe alone."""
+    from .models.registries import SHARING   # importing mtlrepro.models registers every scheme
+    return hasattr(SHARING.get(sharing), "export_gating")
 
 
 def _count_gated_row(table: Table, key_: str, label: str, group, recipe, found, pub: dict, profile: str,

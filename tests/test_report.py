@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from mtlrepro.report import _selection_rules, _speed_options
+from mtlrepro.report_header import selection_rules as _selection_rules, speed_options as _speed_options
 from mtlrepro.store import RunRecord
 from tests.golden import report_table4 as fixture
 

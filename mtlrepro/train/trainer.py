@@ -87,18 +87,20 @@ def _complexity(backbone: str, sharing: str, kwargs: str, out_dims: tuple[int, .
         c = count(model, input_shape)
     finally:
         torch.set_rng_state(rng)
-    return {"params_active_task0": c.params, "params_total": c.params_total, "buffers": c.buffers,
-            "flops": c.flops, "flops_all_tasks": c.flops_all_tasks,
-            "flops_conv": c.flops_conv, "flops_conv_all_tasks": c.flops_conv_all_tasks, "flops_unit": "MAC", "input_shape": list(c.input_shape), "scope": c.scope,
-            "unsupported_ops": dict(c.unsupported_ops)}
+    return complexity_dict(c)
 
 
-def pruned_counts(c) -> dict:
-    """A :class:`~mtlrepro.complexity.Complexity` of a pruned network in the record's format."""
+def complexity_dict(c, scope_note: str = "") -> dict:
+    """A :class:`~mtlrepro.complexity.Complexity` in the record's format (``record.complexity``)."""
     return {"params_active_task0": c.params, "params_total": c.params_total, "buffers": c.buffers,
             "flops": c.flops, "flops_all_tasks": c.flops_all_tasks, "flops_conv": c.flops_conv,
             "flops_conv_all_tasks": c.flops_conv_all_tasks, "flops_unit": "MAC", "input_shape": list(c.input_shape),
-            "scope": c.scope + ", pruned (GatedMTL's inference network)", "unsupported_ops": dict(c.unsupported_ops)}
+            "scope": c.scope + scope_note, "unsupported_ops": dict(c.unsupported_ops)}
+
+
+def pruned_counts(c) -> dict:
+    """A pruned network's :class:`~mtlrepro.complexity.Complexity` in the record's format."""
+    return complexity_dict(c, ", pruned (GatedMTL's inference network)")
 
 
 def run_complexity(recipe: Recipe, problem) -> dict:
@@ -111,8 +113,6 @@ def run_complexity(recipe: Recipe, problem) -> dict:
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's state, every tensor on the CPU (RNG states must be CPU ByteTensors)."""
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
 
 
 def restore_rng(state: dict, dev: torch.device) -> None:

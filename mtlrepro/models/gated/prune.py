@@ -162,16 +162,17 @@ class PrunedUnit(nn.Module):
         return out.flatten(0, 1)
 
 
-def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    for _name, parent in root.named_modules():
-        for attr, child in parent.named_children():
-            if child is old:
-                setattr(parent, attr, new)
-    lists = [v for v in vars(root.encoder).values() if isinstance(v, list)]
-    for lst in lists:   # backbones keep a forward-order list of their units (``units()``)
+def _replace_all(root: nn.Module, new: dict[int, nn.Module]) -> None:
+    """Put ``new[id(m)]`` in place of every module ``m`` it names, in one walk of ``root`` (children
+    of every module, and the forward-order unit lists backbones keep for ``units()``)."""
+    for parent in list(root.modules()):
+        for attr, child in list(parent.named_children()):
+            if id(child) in new:
+                setattr(parent, attr, new[id(child)])
+    for lst in (v for v in vars(root.encoder).values() if isinstance(v, list)):
         for i, m in enumerate(lst):
-            if m is old:
-                lst[i] = new
+            if id(m) in new:
+                lst[i] = new[id(m)]
 
 
 def prune(model, input_shape: tuple[int, ...]) -> nn.Module:
@@ -182,9 +183,8 @@ def prune(model, input_shape: tuple[int, ...]) -> nn.Module:
     layers = static.gated_units()
     units = [u for u in layers if isinstance(u, GatedUnit)]
     live = live_channels(model, input_shape) if units else []
-    for u, lv in zip(units, live):
-        _replace(static, u, PrunedUnit(u, lv))
-    for u in layers:   # a ViT's output-gated layers: what is kept is read off the gates
-        if not isinstance(u, GatedUnit):
-            _replace(static, u, PrunedOutputGated(u))
+    replace = {id(u): PrunedUnit(u, lv) for u, lv in zip(units, live)}
+    replace.update({id(u): PrunedOutputGated(u) for u in layers   # a ViT's output-gated layers: read off the gates
+                    if not isinstance(u, GatedUnit)})
+    _replace_all(static, replace)
     return static.eval()
