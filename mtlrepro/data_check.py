@@ -76,7 +76,8 @@ def check_stored_data(done: list, profile: str, data_root: str | None, record_pa
                         "(images replaced, re-encoded or re-split?)", tag="otherdata")
         stale.append(job)
     if stale:
-        print(f"mtlrepro: {len(stale)} stored run(s) were trained on other data than {data_root or 'the data now'}: "
+        where = data_root or f"the {profile} profile's data"
+        print(f"mtlrepro: {len(stale)} stored run(s) were trained on other data than {where} now holds: "
               "set aside and planned again", file=sys.stderr)
     return kept, stale
 

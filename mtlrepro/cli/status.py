@@ -34,6 +34,8 @@ def _section(status, profile: str) -> str:
     lines = [f"profile {profile}: {prof.description}"]
     if prof.synthetic:
         lines.append("SYNTHETIC DATA (profile tiny): not comparable with the paper")
+    elif prof.banner:
+        lines.append(f"{prof.banner} (profile {profile})")
     body = []
     for t in status.tables:
         ps = t.profiles.get(profile)
