@@ -50,8 +50,8 @@ import torch
 from mtlrepro.methods import build_weighting
 from mtlrepro.models import build_model
 from mtlrepro.problems import build_problem
-from mtlrepro.recipe import recipes_for_table
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import recipes_for_table
 from mtlrepro.train.steps import STEPS
 from mtlrepro.train.optim import build_optimizer
 

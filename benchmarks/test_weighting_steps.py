@@ -49,8 +49,8 @@ from mtlrepro.methods import WEIGHTINGS, build_weighting
 from mtlrepro.methods.aggregators.base import Aggregator
 from mtlrepro.models import build_model
 from mtlrepro.problems import build_problem
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 from mtlrepro.train.steps import joint_step
 from mtlrepro.train.optim import build_optimizer
 

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .compare import TableDiff
-from .profiles import PROFILES
+from .profiles import PROFILES, SYNTHETIC_NOTE, caveat
 from .schema import Column, Table
 from .store import write_bytes_atomic
 from .verdict import VERDICTS, Tolerance
 
 #: the label of anything not from the full profile (PNG title and the report's plot section)
-SYNTHETIC_NOTE = "synthetic data, random initialisation: not comparable with the paper"
 
 #: more compared columns than this: one panel per column group sharing a unit
 MAX_PANELS = 12
@@ -110,15 +109,6 @@ def panels(td: TableDiff, pts: list[CellPoint] | None = None, max_panels: int = 
         name = (g[0].label if len(g) == 1 else f"{len(g)} columns ({unit_text(g[0]) or 'no unit'})") + block
         out.append(Panel(name, unit_text(g[0]), keys, tuple(mine), _band(g, mine, td.tolerances)))
     return out
-
-
-def is_synthetic(profile: str) -> bool:
-    return PROFILES[profile].synthetic
-
-
-def caveat(profile: str) -> str:
-    """What a plot or page of ``profile``'s numbers says first ("" for ``full``)."""
-    return SYNTHETIC_NOTE if is_synthetic(profile) else PROFILES[profile].banner
 
 
 def title(td: TableDiff) -> str:
@@ -237,7 +227,7 @@ def report_lines(td: TableDiff, png: Path | None) -> list[str]:
     lines += ["", "Points are numbered by row (panels of at most "
               f"{LABEL_MAX} points): " + "; ".join(f"{number[k]} {label}{f' ({group})' if group else ''}"
                                                    for k, label, group in rows) + "."]
-    if is_synthetic(td.profile):
+    if PROFILES[td.profile].synthetic:
         lines += ["", f"**SYNTHETIC** ({SYNTHETIC_NOTE})."]
     elif caveat(td.profile):
         lines += ["", f"**{caveat(td.profile)}** (profile `{td.profile}`)."]

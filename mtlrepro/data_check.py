@@ -40,12 +40,10 @@ def current_checksum(recipe: Recipe, profile: str, data_root: str | None) -> str
     import torch
 
     from .problems import build_problem
+    from .search.split import training_split
     from .train.trainer import data_checksum
 
-    problem = build_problem(recipe, profile, data_root, torch.device("cpu"))
-    if recipe.search_val_fraction:
-        from .search.split import search_split
-        problem, _, _ = search_split(problem, recipe.search_val_fraction, recipe.search_split_seed)
+    problem, _ = training_split(build_problem(recipe, profile, data_root, torch.device("cpu")), recipe)
     return data_checksum(problem)
 
 

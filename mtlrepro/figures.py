@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from .profiles import PROFILES, apply_profile
 
 from .recipe import RecipeSet, recipe_sets
-from .profiles import PROFILES, apply_profile
 from .store import RESULTS_DIR, find_run, write_text_atomic
 
 

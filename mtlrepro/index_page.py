@@ -14,15 +14,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .profiles import PROFILES, SYNTHETIC_NOTE
 from .recipe import RecipeSet
-
-from .profiles import PROFILES
 from .schema import PAPERS
 from .status import (Status, TableStatus, collect_status, group_notes, hours_text, one_line, runs_text,
                      seeds_text, verdict_text)
 
 INDEX_NAME = "README.md"
-SYNTHETIC_LINE = "synthetic data, random initialisation: not comparable with the paper"
+SYNTHETIC_LINE = SYNTHETIC_NOTE
 HEADERS = ["table", "title", "rows", "ready", "n/i", "amb.", "runs", "complete × seeds", "verdicts (cells)",
            "to run", "GPU-h", "report"]
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .recipe import Recipe, RecipeSet, get_recipe, recipe_sets
 from .profiles import PROFILES
+from .recipe import Recipe, RecipeSet, get_recipe, recipe_sets
 from .registry import UnknownKeyError
 from .schema import Column, Row, Table
 from .tables import TableFormatError, all_tables, get_table

@@ -17,10 +17,10 @@ from typing import Any
 
 from . import store
 from .leaderboard import Entry, Leaderboard, MethodId, build
-from .profiles import PROFILES
+from .profiles import PROFILES, SYNTHETIC_NOTE, caveat
 
 PAPER_NAMES = {"etr_nlp": "ETR-NLP", "conal": "CoNAL", "gatedmtl": "GatedMTL"}
-SYNTHETIC_LINE = "synthetic data, random initialisation: not comparable with the paper"
+SYNTHETIC_LINE = SYNTHETIC_NOTE
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -237,8 +237,8 @@ def render_page(lb: Leaderboard) -> str:
 
 
 def render_method(lb: Leaderboard, mid: MethodId) -> str:
-    prof = PROFILES[lb.profile]
-    head = [f"> **{SYNTHETIC_LINE if prof.synthetic else prof.banner}.**", ""] if prof.banner else []
+    note = caveat(lb.profile)
+    head = [f"> **{note}.**", ""] if note else []
     return "\n".join(head + method_section(lb, mid, level="#"))
 
 

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .recipe import Recipe, get_recipe
-
 from .profiles import apply_profile
+
+from .recipe import Recipe, get_recipe
 
 __all__ = ["Waiting", "upstream_recipe", "init_recipe", "resolve_upstream", "resolve_init", "init_waiting",
            "architecture_of", "run_pipeline"]

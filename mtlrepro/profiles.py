@@ -33,6 +33,8 @@ class Profile:
 
 
 SYNTHETIC_BANNER = "SYNTHETIC DATA — NOT COMPARABLE WITH THE PAPER"
+#: the sentence pages and plots add to a synthetic profile's numbers
+SYNTHETIC_NOTE = "synthetic data, random initialisation: not comparable with the paper"
 SUBSET_BANNER = "NOT THE OFFICIAL SPLITS — NOT COMPARABLE WITH THE PAPER"
 
 PROFILES = {
@@ -59,6 +61,7 @@ def apply_profile(recipe: "Recipe", profile: str) -> "Recipe":
 
 
 
-def banner(profile: str) -> str:
-    """The warning a page or plot of ``profile``'s numbers carries ("" for ``full``)."""
-    return PROFILES[profile].banner
+def caveat(profile: str) -> str:
+    """What a plot or page of ``profile``'s numbers says first: :data:`SYNTHETIC_NOTE` for a
+    synthetic profile, else its banner ("" for ``full``)."""
+    return SYNTHETIC_NOTE if PROFILES[profile].synthetic else PROFILES[profile].banner

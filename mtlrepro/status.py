@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .recipe import Recipe, RecipeSet, recipe_sets
-
 from .profiles import PROFILES
+
+from .recipe import Recipe, RecipeSet, recipe_sets
 from .verdict import VERDICTS
 
 __all__ = ["RowNote", "ProfileStatus", "TableStatus", "Status", "table_status", "collect_status",

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compare import MACS_TO_UNIT, RowRuns, compare_table, flops_key
+from .profiles import PROFILES, SYNTHETIC_NOTE, caveat
 from .recipe import RecipeSet
-from .profiles import PROFILES
 from .schema import SCALE_SUFFIX, Column, Row, Table
 from .store import RESULTS_DIR, write_text_atomic
 from .tables import TableFormatError, get_table
 
 #: the label of anything not from the full profile (PNG title and top of the page)
-SYNTHETIC_NOTE = "synthetic data, random initialisation: not comparable with the paper"
 #: MACs -> printed unit when the paper's convention is unknown ("FLOPs-as-printed"): as counted
 AS_PRINTED_FACTOR = 1.0
 _MARKERS = "s^vDPX<>h*p"
@@ -149,15 +148,6 @@ def figure_paths(figure_id: str, profile: str, results_root=None) -> tuple[Path,
     return root / paper / f"{name}.png", root / paper / f"{name}.md"
 
 
-def is_synthetic(profile: str) -> bool:
-    return PROFILES[profile].synthetic
-
-
-def caveat(profile: str) -> str:
-    """What a plot or page of ``profile``'s numbers says first ("" for ``full``)."""
-    return SYNTHETIC_NOTE if is_synthetic(profile) else PROFILES[profile].banner
-
-
 def collect(rs: RecipeSet, profile: str, seeds: list[int] | None = None, results_root=None,
             recipe_sets: dict[str, RecipeSet] | None = None) -> list[Panel]:
     """Every panel of a trade-off figure (``recipe_sets``: table id -> recipes, overriding the files)."""
@@ -224,7 +214,7 @@ def png_title(rs: RecipeSet, profile: str) -> str:
     title = rs.figure["title"]
     if not caveat(profile):
         return title
-    return title + (f"\nSYNTHETIC: {SYNTHETIC_NOTE}" if is_synthetic(profile) else f"\n{caveat(profile)}") + \
+    return title + (f"\nSYNTHETIC: {SYNTHETIC_NOTE}" if PROFILES[profile].synthetic else f"\n{caveat(profile)}") + \
         f" (profile {profile})"
 
 
@@ -275,7 +265,7 @@ def render_page(figure_id: str, rs: RecipeSet, panels: list[Panel], profile: str
     fig = rs.figure
     lines = [f"# {figure_id} — {fig['title']}", ""]
     if caveat(profile):
-        head = f"**SYNTHETIC** — {SYNTHETIC_NOTE}" if is_synthetic(profile) else f"**{caveat(profile)}**"
+        head = f"**SYNTHETIC** — {SYNTHETIC_NOTE}" if PROFILES[profile].synthetic else f"**{caveat(profile)}**"
         lines += [f"> {head} (profile `{profile}`: {PROFILES[profile].description}).", ""]
     if fig.get("note"):
         lines += [f"> {' '.join(str(fig['note']).split())}", ""]

@@ -7,8 +7,8 @@ import yaml
 from mtlrepro import cost
 from mtlrepro.calibrate import calibrate, calibration_key, random_targets, write_calibration
 from mtlrepro.problems.dense import dense_tasks
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 
 
 def test_random_targets_follow_each_task_kinds_format():

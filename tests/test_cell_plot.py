@@ -16,8 +16,8 @@ import pytest
 from mtlrepro.cell_plot import (SYNTHETIC_NOTE, CellPoint, panels, points, render_png, report_lines, title,
                                 write_cell_plot)
 from mtlrepro.compare import CellDiff, TableDiff, compare_table
-from mtlrepro.recipe import recipe_sets
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import recipe_sets
 from mtlrepro.report import report_path, write_report
 from mtlrepro.schema import Cell, Column, Row, Table
 from mtlrepro.store import RunRecord, save_run

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 
 from mtlrepro.compare import compare_table, declared_tolerances
-from mtlrepro.recipe import recipe_sets
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import recipe_sets
 from mtlrepro.store import RunRecord, save_run
 from mtlrepro.tables import get_table
 from tests.golden.report_table4 import OTHER_FSCORE, fixture_definitions, fixture_recipe_set

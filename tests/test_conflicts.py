@@ -188,8 +188,8 @@ def test_cli_on_tiny_nyuv2_hps(capsys, tmp_path):
     assert "initialisation" in direct["model_state"]
 
     torch.manual_seed(1)
-    from mtlrepro.recipe import get_recipe
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import get_recipe
     r = apply_profile(get_recipe("etr_nlp/table5/hard_sharing").with_overrides(task_set="std3"), "tiny")
     model = build_model(r.backbone, r.sharing, [13, 1, 3], **r.model_kwargs())
     torch.save({"model": model.state_dict(), "epochs": [{}]}, tmp_path / "ckpt.pt")

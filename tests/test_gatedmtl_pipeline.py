@@ -5,8 +5,8 @@ import torch
 from mtlrepro import launch
 from mtlrepro.launch import InProcessLauncher, plan_jobs
 from mtlrepro.pipeline import resolve_upstream, run_pipeline
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 from mtlrepro.store import find_run, weights_path
 
 from .harness_utils import tiny_env  # noqa: F401 (fixture)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mtlrepro.launch import InProcessLauncher, plan_jobs
-from mtlrepro.recipe import get_recipe, recipe_sets
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe, recipe_sets
 from mtlrepro.store import find_run, iter_runs
 from mtlrepro.tables import get_table
 

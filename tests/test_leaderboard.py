@@ -15,8 +15,8 @@ from mtlrepro.cli import leaderboard as cli
 from mtlrepro.errors import UsageError, UserError
 from mtlrepro.leaderboard import MethodId, Unresolved, build, find_method, method_id
 from mtlrepro.leaderboard_page import render_page
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 from mtlrepro.registry import UnknownKeyError
 from mtlrepro.store import RunRecord, save_run
 from mtlrepro.tables import get_table

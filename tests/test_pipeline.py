@@ -7,8 +7,8 @@ import pytest
 from mtlrepro import launch
 from mtlrepro.launch import InProcessLauncher, plan_jobs
 from mtlrepro.pipeline import Waiting, resolve_upstream, run_pipeline
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 from mtlrepro.store import find_run
 
 from .harness_utils import tiny_env  # noqa: F401 (fixture)

@@ -3,8 +3,8 @@ from the records' times, and recipe files that extend another."""
 import pytest
 
 from mtlrepro.compare import compare_table
-from mtlrepro.recipe import get_recipe, load_recipe_file
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe, load_recipe_file
 from mtlrepro.store import RunRecord, save_run
 from mtlrepro.tables import TableFormatError, get_table
 

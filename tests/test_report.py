@@ -143,8 +143,8 @@ def test_report_matches_golden(tmp_path):
 
 def _tiny_store(root, seeds, failed_row: str, failed_seed: int) -> None:
     """Records of every Table 4 recipe (profile tiny) for ``seeds``; one seed of one row failed."""
-    from mtlrepro.recipe import recipes_for_table
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import recipes_for_table
     from mtlrepro.store import save_run
 
     env = {"device": "cpu", "device_kind": "cpu", "torch": "fixture", "git_sha": "fixture"}
@@ -218,8 +218,8 @@ def test_report_shows_the_gradient_conflicts_of_runs_that_measured_them(tmp_path
     import dataclasses
 
     from mtlrepro.compare import compare_table
-    from mtlrepro.recipe import recipe_sets
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import recipe_sets
     from mtlrepro.report import render
     from mtlrepro.tables import get_table
     from mtlrepro.train import train_run

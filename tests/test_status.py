@@ -24,9 +24,9 @@ import json
 
 import pytest
 
-from mtlrepro.recipe import recipe_sets
-
 from mtlrepro.profiles import apply_profile
+
+from mtlrepro.recipe import recipe_sets
 from mtlrepro.store import RunRecord, save_run
 from mtlrepro.tables import get_table
 

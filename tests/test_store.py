@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from mtlrepro.recipe import get_recipe, recipes_for_table
-
 from mtlrepro.profiles import apply_profile
+
+from mtlrepro.recipe import get_recipe, recipes_for_table
 from mtlrepro.store import (SCHEMA_VERSION, RunRecord, StaleRecordWarning, device_kind_slug, find_run, run_path,
                             save_run)
 

@@ -10,8 +10,8 @@ import pytest
 from mtlrepro.figures import figure_recipes, figure_set, write_figure
 from mtlrepro.launch import resolve_recipes
 from mtlrepro.pipeline import resolve_upstream
-from mtlrepro.recipe import recipe_sets
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import recipe_sets
 from mtlrepro.store import RunRecord, save_run
 from mtlrepro.tables import TableFormatError, get_table
 from mtlrepro.tradeoff_figure import SYNTHETIC_NOTE, collect, collect_panel, png_title, write_tradeoff_figure

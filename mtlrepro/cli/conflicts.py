@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from ..conflicts import conflict_table, measure_conflicts, paper_label
     from ..models import build_model
     from ..problems import build_problem
-    from ..recipe import get_recipe
     from ..profiles import apply_profile
+    from ..recipe import get_recipe
     from ..store import checkpoint_path, device_kind
     from ..train.trainer import load_checkpoint, pick_device
 

@@ -17,7 +17,7 @@ import torch
 
 from ..problems.base import Problem, Split
 
-__all__ = ["search_split", "SearchValBatches"]
+__all__ = ["search_split", "training_split", "SearchValBatches"]
 
 
 def search_split(problem: Problem, val_fraction: float, seed: int = 688) -> tuple[Problem, Split, dict]:
@@ -38,6 +38,16 @@ def search_split(problem: Problem, val_fraction: float, seed: int = 688) -> tupl
     info = {"search_train": int(n_train), "search_val": int(len(val_idx)), "search_split_seed": int(seed),
             "search_val_fraction": float(val_fraction)}
     return dataclasses.replace(problem, train=subset(train_idx)), subset(val_idx), info
+
+
+def training_split(problem: Problem, recipe) -> tuple[Problem, Split | None]:
+    """The problem ``recipe`` trains on and its search-validation split: with ``search_val_fraction``
+    the search-train part (the split's sizes and seed added to ``data_info``), else ``problem`` and None.
+    The trainer and the data check (:mod:`mtlrepro.data_check`) both take their tensors from here."""
+    if not recipe.search_val_fraction:
+        return problem, None
+    train, val, info = search_split(problem, recipe.search_val_fraction, recipe.search_split_seed)
+    return dataclasses.replace(train, data_info=dict(problem.data_info, **info)), val
 
 
 class SearchValBatches:

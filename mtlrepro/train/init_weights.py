@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..recipe import Recipe, get_recipe
-
 from ..profiles import apply_profile
+
+from ..recipe import Recipe, get_recipe
 from ..store import weights_path
 from .faults import EnvironmentFault, save_checkpoint
 

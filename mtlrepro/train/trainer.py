@@ -13,7 +13,6 @@ with the reason; the record says so and the sweep goes on.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import math
@@ -141,11 +140,8 @@ def train_run(recipe: Recipe, seed: int, profile: str, data_root: str | None = N
         raise ConfigError(f"{recipe.id}: the data are not the official splits ({problem.data_info.get('n_train')} "
                           "training images); the full profile stores runs on the official splits only: run the "
                           "subset profile (--allow-subset or --profile subset)")
-    search_val = None
-    if recipe.search_val_fraction:   # a search: weights on one part of the training split, architecture on the rest
-        from ..search.split import search_split
-        problem, search_val, split_info = search_split(problem, recipe.search_val_fraction, recipe.search_split_seed)
-        problem = dataclasses.replace(problem, data_info=dict(problem.data_info, **split_info))
+    from ..search.split import training_split   # a search: weights on part of the training split, architecture on the rest
+    problem, search_val = training_split(problem, recipe)
     if recipe.grad_clip is not None and recipe.update != "joint":
         raise ValueError(f"{recipe.id}: grad_clip is implemented for update joint only (got {recipe.update!r})")
     precision = precision_policy(recipe, dev)

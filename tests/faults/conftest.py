@@ -65,13 +65,14 @@ def _last_line(text: str) -> str:
 
 
 def _wrap_init(row: dict, cls):
+    """``cls.__init__`` that also notes the error in ``row`` (unless a command's exit is noted)."""
     real = cls.__init__
 
     def init(self, *a, **k):
         real(self, *a, **k)
         if "exit" not in row.get("ended", ""):
             row.update(ended=f"raises {type(self).__name__}", message=str(a[0]) if a else str(self))
-    return real, init
+    return init
 
 
 def stored_summary(folder: Path) -> str:
@@ -129,8 +130,7 @@ def _fault_row(request, monkeypatch):
     if getattr(request.module, "main", None) is real_main:    # the test module's own `from ... import main`
         monkeypatch.setattr(request.module, "main", wrapped)
     for cls in (UserError, DataError, EnvironmentFault):
-        real, init = _wrap_init(row, cls)
-        monkeypatch.setattr(cls, "__init__", init)
+        monkeypatch.setattr(cls, "__init__", _wrap_init(row, cls))
     real_warn = record_check._warn
     monkeypatch.setattr(record_check, "_warn", lambda m: (row["asides"].append(m), real_warn(m))[1])
     yield row

@@ -24,8 +24,8 @@ import pytest
 
 from mtlrepro import claims
 from mtlrepro.cli.main import main
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 from mtlrepro.store import (SCHEMA_VERSION, EpochRecord, RunRecord, StaleRecordWarning, find_run, iter_runs,
                             run_path, save_run)
 

@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from mtlrepro.recipe import get_recipe
-
 from mtlrepro.profiles import apply_profile
+
+from mtlrepro.recipe import get_recipe
 from mtlrepro.store import find_run
 from mtlrepro.train import faults
 from mtlrepro.train.faults import EnvironmentFault, check_writable, load_checkpoint_or_set_aside

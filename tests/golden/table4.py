@@ -64,8 +64,8 @@ def overrides_for(recipe) -> dict:
 
 def run_all(results_root: Path) -> dict:
     """{row: {"train_loss": [per epoch], "task_weights": [per epoch] | None, "metrics", "params"}}."""
-    from mtlrepro.recipe import recipes_for_table
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import recipes_for_table
     from mtlrepro.train import train_run
 
     out = {}

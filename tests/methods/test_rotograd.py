@@ -389,8 +389,8 @@ def test_full_size_parameter_count_with_rotation_size_1024(table, out_dims, hard
 
 # --------------------------------------------------------------------------- harness
 def test_trains_in_a_tiny_recipe(tmp_path, tiny_env):
-    from mtlrepro.recipe import get_recipe
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import get_recipe
     from mtlrepro.train import train_run
     recipe = apply_profile(get_recipe("etr_nlp/table4/hard_sharing_g8"), "tiny").with_overrides(
         sharing="rotograd", weighting="rotograd", epochs=1)

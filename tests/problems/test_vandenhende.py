@@ -15,8 +15,8 @@ from mtlrepro.problems import build_problem, problem_shape
 from mtlrepro.problems.vandenhende import (IMAGENET_MEAN, IMAGENET_STD, metric_keys,
                                            primary_metric_keys, vandenhende_tasks)
 from mtlrepro.problems.vandenhende_eval import VandenhendeEvaluator
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 from mtlrepro.registry import UnknownKeyError
 
 from ..harness_utils import tiny_env  # noqa: F401 (fixture)

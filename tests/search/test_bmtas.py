@@ -193,8 +193,8 @@ def test_architecture_step_moves_alpha_only_with_the_resource_counted_per_task()
 
 @pytest.mark.slow
 def test_tiny_search_through_the_harness_exports_a_tree_branched_retrains(tmp_path, tiny_env):
-    from mtlrepro.recipe import get_recipe
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import get_recipe
     from mtlrepro.train.trainer import train_run
     recipe = dataclasses.replace(apply_profile(get_recipe("conal/table3/conal_search"), "tiny"),
                                  sharing="bmtas_supernet", weighting="bmtas_search", grad_clip=None,

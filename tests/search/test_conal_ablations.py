@@ -4,8 +4,8 @@ import dataclasses
 import torch
 
 from mtlrepro.models import build_model
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 from mtlrepro.search.conal_ablations import CoNALPartialSearch
 from mtlrepro.train.trainer import train_run
 

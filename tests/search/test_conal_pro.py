@@ -187,8 +187,8 @@ def test_the_stage_state_survives_a_state_dict_round_trip():
 
 
 def _tiny(**kw):
-    from mtlrepro.recipe import get_recipe
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import get_recipe
     base = apply_profile(get_recipe("methods/celeba_group8/conal_search"), "tiny")
     return dataclasses.replace(base, id="methods/celeba_group8/conal_pro_test", row="conal_pro_test",
                                sharing="conal_pro_supernet", weighting="conal_pro_search",

@@ -138,8 +138,8 @@ def test_schedule_follows_libmtl_and_the_separate_optimizer_steps_alpha():
 
 
 def test_a_tiny_search_runs_through_the_harness_and_exports_a_tree(tmp_path, tiny_env):
-    from mtlrepro.recipe import get_recipe
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import get_recipe
     from mtlrepro.train.trainer import train_run
     base = apply_profile(get_recipe("conal/table3/conal_search"), "tiny")
     recipe = dataclasses.replace(base, id="conal/table3/ltb_search_test", row="ltb_search_test",

@@ -177,8 +177,8 @@ def test_architecture_step_minimises_the_entropy_and_moves_alpha_only():
 
 
 def test_a_tiny_search_runs_through_the_harness_and_its_edges_retrain(tmp_path, tiny_env):
-    from mtlrepro.recipe import get_recipe
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import get_recipe
     from mtlrepro.train.trainer import train_run
     base = apply_profile(get_recipe("conal/table3/conal_search"), "tiny")
     recipe = dataclasses.replace(base, id="conal/table3/mtl_nas_search_test", row="mtl_nas_search_test",

@@ -367,8 +367,8 @@ def test_export_is_a_branched_architecture_with_one_partition_per_module():
 
 # --------------------------------------------------------------------------- through the harness
 def _celeba9(**kw):
-    from mtlrepro.recipe import get_recipe
     from mtlrepro.profiles import apply_profile
+    from mtlrepro.recipe import get_recipe
     base = apply_profile(get_recipe("etr_nlp/table4/hard_sharing_g8"), "tiny")
     return dataclasses.replace(base, task_set="conal9", **kw)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlrepro.recipe import get_recipe
-
 from mtlrepro.profiles import apply_profile
+
+from mtlrepro.recipe import get_recipe
 from mtlrepro.store import EpochRecord
 from mtlrepro.train.selection import select_final
 from mtlrepro.train.trainer import load_checkpoint, restore_rng, train_run

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from mtlrepro.recipe import get_recipe
-
 from mtlrepro.profiles import apply_profile
+
+from mtlrepro.recipe import get_recipe
 
 from ...harness_utils import tiny_env  # noqa: F401 (fixture)
 

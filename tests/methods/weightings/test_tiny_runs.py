@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from mtlrepro.recipe import get_recipe
 from mtlrepro.profiles import apply_profile
+from mtlrepro.recipe import get_recipe
 
 from ...harness_utils import tiny_env  # noqa: F401 (fixture)
 
